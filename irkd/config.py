@@ -1,0 +1,476 @@
+"""Typed experiment configuration: YAML in, validated dataclasses out.
+
+A config file is a YAML mapping whose sections mirror the dataclasses below. Unknown keys
+are rejected with their dotted name, values are type-checked (no string booleans: ``"true"``
+is not a bool), and any field can be overridden from the command line as ``key.sub=value``
+where the value is parsed as YAML (``optim.lr=1e-3``, ``method.msa.scales=[3,5]``).
+The resolved config is saved with every run (:func:`save_config`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin
+
+import yaml
+
+__all__ = [
+    "ConfigError",
+    "DataConfig",
+    "NetConfig",
+    "MSAConfig",
+    "MethodConfig",
+    "OptimConfig",
+    "ScheduleConfig",
+    "TrainConfig",
+    "ExperimentConfig",
+    "load_config",
+    "parse_overrides",
+    "apply_overrides",
+    "config_to_dict",
+    "config_from_dict",
+    "save_config",
+]
+
+
+class ConfigError(ValueError):
+    """A config file or override is invalid; the message names the key."""
+
+
+@dataclass
+class DataConfig:
+    """Where the data comes from and how it is fed.
+
+    Attributes:
+        root: Dataset folder (images/, masks/, train.txt, test.txt). ``None`` selects the
+            built-in synthetic dataset, generated under the run's cache folder.
+        layout: ``auto``, ``irkd`` or ``basicirstd``.
+        synth_n: Number of synthetic images when ``root`` is ``None``.
+        crop: Training crop size (pixels).
+        batch_size: Training batch size.
+        val_fraction: Share of the training split held out to choose the best checkpoint
+            (the test split is never used for that).
+        target_bias: Probability that a training crop is centred to contain a target.
+        eval_multiple: Test images are padded to a multiple of this.
+    """
+
+    root: str | None = None
+    layout: Literal["auto", "irkd", "basicirstd"] = "auto"
+    synth_n: int = 240
+    crop: int = 256
+    batch_size: int = 8
+    val_fraction: float = 0.1
+    target_bias: float = 0.8
+    eval_multiple: int = 32
+
+
+@dataclass
+class NetConfig:
+    """A registered network and its keyword arguments.
+
+    Attributes:
+        name: Registry name (``irkd models`` lists them).
+        kwargs: Extra keyword arguments passed to the network's constructor.
+        checkpoint: Weights to start from (a teacher must have one for distillation).
+    """
+
+    name: str = "dnanet_s"
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    checkpoint: str | None = None
+
+
+@dataclass
+class MSAConfig:
+    """Multi-scale spatial attention (DESIGN.md section 2.2).
+
+    Attributes:
+        enabled: ``False`` makes the attention map uniform (ablation).
+        scales: Local-contrast window sizes (odd).
+        fusion: How the per-scale contrasts are fused.
+        tau: Softmax temperature of the attention map.
+        on_student: Also compute MSA on the student's connected feature, fused by max.
+        eps: Guard of the per-image max normalisation.
+    """
+
+    enabled: bool = True
+    scales: list[int] = field(default_factory=lambda: [3, 5, 7])
+    fusion: Literal["mean", "max"] = "mean"
+    tau: float = 0.5
+    on_student: bool = False
+    eps: float = 1e-6
+
+
+@dataclass
+class MethodConfig:
+    """The distillation method and its options.
+
+    Attributes:
+        name: ``none`` (student alone), ``msa_awmse`` (the method) or a baseline
+            (``fitnet``, ``at``, ``cwd``, ``pkd``, ``mgd``, ``fgd``, ``logit_kd``).
+        stages: Names of the distilled stage features (same resolution on both networks).
+        stage_weights: One weight per stage (default 1.0 each).
+        lam: Weight lambda of the distillation term in ``L = L_task + lam * sum_s L_s``.
+        normalize: ``l2`` per-pixel channel normalisation, or ``none`` (ablation).
+        l2_eps: Guard of the L2 normalisation.
+        msa: Multi-scale spatial attention options.
+        awmse: ``False`` replaces AWMSE by a plain MSE (ablation).
+        alpha: Foreground weight of AWMSE.
+        beta: Background weight of AWMSE.
+        use_mask: Use the ground-truth mask as target region (else ``M > 1``).
+        awmse_eps: Guard of the AWMSE region sums.
+        params: Baseline-specific hyperparameters (see each baseline's defaults).
+    """
+
+    name: str = "msa_awmse"
+    stages: list[str] = field(default_factory=lambda: ["enc0", "dec0"])
+    stage_weights: list[float] | None = None
+    lam: float = 1.0
+    normalize: Literal["l2", "none"] = "l2"
+    l2_eps: float = 1e-6
+    msa: MSAConfig = field(default_factory=MSAConfig)
+    awmse: bool = True
+    alpha: float = 1.0
+    beta: float = 0.5
+    use_mask: bool = True
+    awmse_eps: float = 1e-6
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class OptimConfig:
+    """Optimizer (the same numbers on both backends).
+
+    Attributes:
+        name: ``adamw`` (MindSpore experimental AdamW / torch AdamW), ``adam`` or ``sgd``.
+        lr: Peak learning rate.
+        weight_decay: Decoupled (AdamW) or L2 (SGD, Adam) weight decay.
+        momentum: SGD momentum.
+        betas: Adam betas.
+        eps: Adam epsilon.
+    """
+
+    name: Literal["adamw", "adam", "sgd"] = "adamw"
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    momentum: float = 0.9
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+
+
+@dataclass
+class ScheduleConfig:
+    """Learning-rate schedule and run length.
+
+    Attributes:
+        epochs: Number of epochs.
+        scheduler: ``cosine`` (to ``min_lr``), ``step`` or ``constant``.
+        warmup_epochs: Linear warm-up length.
+        min_lr: Final learning rate of the cosine schedule.
+        step_epochs: Epochs between decays for ``step``.
+        gamma: Decay factor for ``step``.
+        steps_per_epoch: Cap on steps per epoch (``None``: the whole training split).
+    """
+
+    epochs: int = 20
+    scheduler: Literal["cosine", "step", "constant"] = "cosine"
+    warmup_epochs: int = 0
+    min_lr: float = 1e-5
+    step_epochs: int = 30
+    gamma: float = 0.1
+    steps_per_epoch: int | None = None
+
+
+@dataclass
+class TrainConfig:
+    """Run bookkeeping.
+
+    Attributes:
+        deep_supervision: Average the task loss over the deep-supervision heads.
+        eval_every: Validate (and maybe keep the best checkpoint) every N epochs.
+        log_every: Log a JSONL record every N steps.
+        graph_mode: MindSpore: compile the train step in GRAPH_MODE.
+        keep_last: Number of last checkpoints to keep.
+    """
+
+    deep_supervision: bool = False
+    eval_every: int = 1
+    log_every: int = 10
+    graph_mode: bool = True
+    keep_last: int = 2
+
+
+@dataclass
+class ExperimentConfig:
+    """A whole experiment: what to train, on what, how, and on which backend."""
+
+    name: str = "experiment"
+    seed: int = 0
+    backend: Literal["mindspore", "pytorch"] = "pytorch"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: NetConfig = field(default_factory=NetConfig)
+    teacher: NetConfig | None = None
+    method: MethodConfig = field(default_factory=MethodConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check ``value`` against the annotation ``tp``; return it (ints widen to float)."""
+    origin = get_origin(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        args = get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(f"{key}: {value!r} is not a {_type_name(tp)}")
+    if origin is Literal:
+        if value not in get_args(tp):
+            choices = ", ".join(repr(a) for a in get_args(tp))
+            raise ConfigError(f"{key}: {value!r} is not one of {choices}")
+        return value
+    if origin is list:
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        (item_tp,) = get_args(tp) or (Any,)
+        return [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return {str(k): v for k, v in value.items()}
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping for {tp.__name__}, got {value!r}")
+        return _build(tp, value, key)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return value
+    raise ConfigError(f"{key}: unsupported field type {tp!r}")  # pragma: no cover
+
+
+def _build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        where = f"{prefix}." if prefix else ""
+        raise ConfigError(
+            f"unknown key {where}{unknown[0]!s}"
+            + (f" (and {len(unknown) - 1} more)" if len(unknown) > 1 else "")
+            + f"; valid keys here: {', '.join(sorted(names))}"
+        )
+    kwargs = {}
+    for name, value in data.items():
+        key = f"{prefix}.{name}" if prefix else name
+        kwargs[name] = _coerce(value, hints[name], key)
+    obj = cls(**kwargs)
+    _check_values(obj, prefix)
+    return obj
+
+
+def _check_values(obj: Any, prefix: str) -> None:
+    """Range checks that a type alone cannot express."""
+    p = f"{prefix}." if prefix else ""
+
+    def need(cond: bool, key: str, msg: str) -> None:
+        if not cond:
+            raise ConfigError(f"{p}{key}: {msg}")
+
+    if isinstance(obj, DataConfig):
+        need(obj.crop >= 32 and obj.crop % 32 == 0, "crop", "must be a multiple of 32, >= 32")
+        need(obj.batch_size >= 1, "batch_size", "must be >= 1")
+        need(0.0 <= obj.val_fraction < 1.0, "val_fraction", "must be in [0, 1)")
+        need(0.0 <= obj.target_bias <= 1.0, "target_bias", "must be in [0, 1]")
+        need(obj.synth_n >= 4, "synth_n", "must be >= 4")
+        need(obj.eval_multiple >= 1, "eval_multiple", "must be >= 1")
+    elif isinstance(obj, MSAConfig):
+        need(len(obj.scales) > 0, "scales", "needs at least one scale")
+        need(all(k >= 1 and k % 2 == 1 for k in obj.scales), "scales", "must be odd and >= 1")
+        need(obj.tau > 0, "tau", "must be > 0")
+        need(obj.eps > 0, "eps", "must be > 0")
+    elif isinstance(obj, MethodConfig):
+        need(obj.lam >= 0, "lam", "must be >= 0")
+        need(obj.alpha >= 0 and obj.beta >= 0, "alpha", "alpha and beta must be >= 0")
+        if obj.stage_weights is not None:
+            need(
+                len(obj.stage_weights) == len(obj.stages),
+                "stage_weights",
+                f"needs one weight per stage ({len(obj.stages)})",
+            )
+    elif isinstance(obj, OptimConfig):
+        need(obj.lr > 0, "lr", "must be > 0")
+        need(len(obj.betas) == 2, "betas", "needs two values")
+    elif isinstance(obj, ScheduleConfig):
+        need(obj.epochs >= 1, "epochs", "must be >= 1")
+        need(obj.warmup_epochs >= 0, "warmup_epochs", "must be >= 0")
+        need(
+            obj.steps_per_epoch is None or obj.steps_per_epoch >= 1,
+            "steps_per_epoch",
+            "must be >= 1 or null",
+        )
+    elif isinstance(obj, TrainConfig):
+        need(obj.eval_every >= 1, "eval_every", "must be >= 1")
+        need(obj.log_every >= 1, "log_every", "must be >= 1")
+        need(obj.keep_last >= 1, "keep_last", "must be >= 1")
+
+
+# ----------------------------------------------------------------------------- public API
+
+
+class _Loader(yaml.SafeLoader):
+    """Safe YAML loader that reads ``1e-3`` as a float (YAML 1.2), not a string."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+        |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+        |[-+]?\.(?:inf|Inf|INF)
+        |\.(?:nan|NaN|NAN))$""",
+        re.X,
+    ),
+    list("-+0123456789."),
+)
+
+
+def _yaml_load(text: str) -> Any:
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+
+
+def config_from_dict(data: dict[str, Any] | None) -> ExperimentConfig:
+    """Build and validate an :class:`ExperimentConfig` from a plain mapping."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"a config must be a mapping at the top level, got {type(data).__name__}")
+    return _build(ExperimentConfig, data)
+
+
+def config_to_dict(cfg: Any) -> dict[str, Any]:
+    """Plain-data (YAML/JSON-ready) form of a config."""
+    return dataclasses.asdict(cfg)
+
+
+def parse_overrides(items: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """Turn ``["optim.lr=1e-3", "method.msa.scales=[3,5]"]`` into a nested mapping.
+
+    Values are parsed as YAML, so ``1e-3`` is a float, ``true`` a bool, ``[3,5]`` a list and
+    ``null`` is None.
+
+    Raises:
+        ConfigError: An item without ``=`` or with an empty key.
+    """
+    out: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like key.sub=value")
+        key, raw = item.split("=", 1)
+        parts = key.strip().split(".")
+        if not all(parts):
+            raise ConfigError(f"override {item!r} has an empty key")
+        try:
+            value = _yaml_load(raw) if raw.strip() else ""
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"override {item!r}: value is not valid YAML ({exc})") from exc
+        node = out
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r} conflicts with an earlier override")
+        node[parts[-1]] = value
+    return out
+
+
+def _merge(base: dict[str, Any], upd: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in upd.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict) and k not in ("kwargs", "params"):
+            out[k] = _merge(out[k], v)
+        elif isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = {**out[k], **v}
+        else:
+            out[k] = v
+    return out
+
+
+def apply_overrides(cfg: ExperimentConfig, items: list[str] | tuple[str, ...]) -> ExperimentConfig:
+    """Return a new config with ``key.sub=value`` overrides applied and re-validated."""
+    if not items:
+        return cfg
+    base = config_to_dict(cfg)
+    upd = parse_overrides(items)
+    if "teacher" in upd and base.get("teacher") is None and isinstance(upd["teacher"], dict):
+        base["teacher"] = config_to_dict(NetConfig())
+    return config_from_dict(_merge(base, upd))
+
+
+def load_config(
+    path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()
+) -> ExperimentConfig:
+    """Load a YAML config (or the defaults when ``path`` is None) and apply overrides.
+
+    Raises:
+        ConfigError: The file is missing, is not YAML, or holds an invalid value.
+    """
+    data: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {p} not found")
+        try:
+            data = _yaml_load(p.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {p} is not valid YAML: {exc}") from exc
+    try:
+        cfg = config_from_dict(data)
+    except ConfigError as exc:
+        where = f"{path}: " if path is not None else ""
+        raise ConfigError(f"{where}{exc}") from exc
+    return apply_overrides(cfg, overrides)
+
+
+def save_config(cfg: ExperimentConfig, path: str | Path) -> None:
+    """Write the resolved config as YAML (loadable again with :func:`load_config`)."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_suffix(p.suffix + ".tmp")
+    tmp.write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+    tmp.replace(p)
