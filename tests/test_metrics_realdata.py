@@ -7,6 +7,7 @@ perturbations (dropped, shifted, eroded and dilated targets, false blobs), and f
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 
 import cv2
@@ -16,7 +17,13 @@ from scipy import ndimage
 
 from irkd.metrics import IRSTDMetrics, match_targets
 
-DATA = Path("/work/shared/data")
+_DATA_ROOT = (
+    Path(os.environ["IRKD_DATA"])
+    if os.environ.get("IRKD_DATA")
+    else Path(__file__).resolve().parents[2] / "shared" / "data"
+)
+
+DATA = _DATA_ROOT
 IDS = {
     "NUAA-SIRST": [
         "Misc_338", "Misc_379", "Misc_422", "Misc_73", "Misc_321",
@@ -121,7 +128,7 @@ def _perturb(gt: np.ndarray, k: int) -> np.ndarray:
 def _load_masks(name: str) -> list[np.ndarray]:
     root = DATA / name
     if not (root / "masks").is_dir():
-        pytest.skip(f"dataset {root} not available")
+        pytest.fail(f"dataset {root} not found (set IRKD_DATA)")
     test_ids = set((root / "test.txt").read_text().split())
     masks = []
     for i in IDS[name]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import warnings
 from pathlib import Path
@@ -14,7 +15,13 @@ from irkd.data import MaskSizeWarning
 from irkd.metrics import IRSTDMetrics
 from irkd.metrics.score import PredictionError, score_predictions
 
-NUAA = Path("/work/shared/data/NUAA-SIRST")
+_DATA_ROOT = (
+    Path(os.environ["IRKD_DATA"])
+    if os.environ.get("IRKD_DATA")
+    else Path(__file__).resolve().parents[2] / "shared" / "data"
+)
+
+NUAA = _DATA_ROOT / "NUAA-SIRST"
 NUAA_IDS = ["Misc_338", "Misc_379", "Misc_111", "Misc_420", "Misc_73", "Misc_137"]
 
 
@@ -96,7 +103,7 @@ def test_score_threshold_and_binary_maps(tmp_path: Path) -> None:
 
 def test_score_real_nuaa_subset(tmp_path: Path) -> None:
     if not (NUAA / "masks").is_dir():
-        pytest.skip(f"dataset {NUAA} not available")
+        pytest.fail(f"dataset {NUAA} not found (set IRKD_DATA)")
     data = tmp_path / "nuaa"
     for sub in ("images", "masks"):
         (data / sub).mkdir(parents=True)

@@ -1,0 +1,365 @@
+"""DNANet (Li et al., "Dense Nested Attention Network for Infrared Small Target Detection").
+
+MindSpore twin of ``torch_ref.models.dnanet``: the same class name, constructor keyword
+arguments, cell tree and parameter names, up to BatchNorm's (``gamma``/``beta``/
+``moving_mean``/``moving_variance`` here, ``weight``/``bias``/``running_mean``/``running_var``
+in PyTorch). BatchNorm momentum 0.9 here equals 0.1 in PyTorch. Works in PYNATIVE_MODE and
+GRAPH_MODE (see ``DNANet.forward_features`` for the one graph-mode limitation of its dict).
+
+Topology (``[...]`` is a channel concatenation in that order; ``up``/``down`` are bilinear
+resizes with ``align_corners=True`` to the size of the node they join, ``pool`` a 2x2 max pool)::
+
+    x0_0 = conv0_0(x)
+    x{i}_0 = conv{i}_0(pool x{i-1}_0)                                     i = 1..4
+    x{i}_{j} = conv{i}_{j}[x{i}_0, ..., x{i}_{j-1}, up x{i+1}_{j-1}, down x{i-1}_{j}]
+                                            (no ``down`` term on level 0), i + j <= 4
+    fused = conv0_4_final[up16 conv0_4_1x1 x4_0, up8 conv0_3_1x1 x3_1,
+                          up4 conv0_2_1x1 x2_2, up2 conv0_1_1x1 x1_3, x0_4]
+    logits = final(fused)            (deep supervision: final4(fused), aux{k} = final{k}(x0_k))
+
+Every node ``conv{i}_{j}`` is an ``nn.SequentialCell`` of residual CBAM blocks: one block on
+level 0 (and for ``conv0_4_final``), ``num_blocks[i - 1]`` blocks on level ``i >= 1``. The
+network returns logits (no sigmoid).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import mindspore as ms
+from mindspore import nn, ops
+
+__all__ = [
+    "ChannelAttention",
+    "SpatialAttention",
+    "ResCBAMBlock",
+    "DNANet",
+    "FEATURE_NAMES",
+    "AUX_NAMES",
+    "features_to_dict",
+    "node_specs",
+]
+
+FEATURE_NAMES = ("enc0", "enc1", "enc2", "enc3", "enc4", "dec0", "dec1", "dec2", "dec3")
+"""Stage features returned by ``DNANet.forward_features``, in dict order."""
+
+AUX_NAMES = ("aux1", "aux2", "aux3")
+"""Side logits added to the feature dict when ``deep_supervision=True``."""
+
+_STRIDE = 16  # input H and W must be multiples of this (four 2x2 poolings)
+
+
+def _conv(cin: int, cout: int, k: int, bias: bool) -> nn.Conv2d:
+    """Convolution with PyTorch semantics: explicit ``k // 2`` zero padding, stride 1."""
+    return nn.Conv2d(cin, cout, k, pad_mode="pad", padding=k // 2, has_bias=bias)
+
+
+def _bn(c: int) -> nn.BatchNorm2d:
+    """BatchNorm matching ``torch.nn.BatchNorm2d(c)`` (PyTorch momentum 0.1)."""
+    return nn.BatchNorm2d(c, eps=1e-5, momentum=0.9)
+
+
+def _to(x: ms.Tensor, ref: ms.Tensor) -> ms.Tensor:
+    """Bilinear resize of ``x`` to ``ref``'s H, W (explicit size, ``align_corners=True``)."""
+    return ops.interpolate(
+        x, size=(ref.shape[2], ref.shape[3]), mode="bilinear", align_corners=True
+    )
+
+
+def _check_ints(name: str, value: Sequence[int], length: int) -> tuple[int, ...]:
+    """Validate a sequence of ``length`` positive integers."""
+    if isinstance(value, str | bytes) or not isinstance(value, Sequence):
+        raise TypeError(f"{name} must be a sequence of {length} positive integers, got {value!r}")
+    out = tuple(value)
+    if len(out) != length:
+        raise ValueError(f"{name} must have {length} entries, got {len(out)}: {list(out)}")
+    for v in out:
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"{name} entries must be positive integers, got {list(out)}")
+    return out
+
+
+def _check_positive(name: str, value: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return value
+
+
+class ChannelAttention(nn.Cell):
+    """CBAM channel attention: ``sigmoid(mlp(avgpool x) + mlp(maxpool x))``, shape (B, C, 1, 1).
+
+    Args:
+        channels: Input channels ``C``; the hidden width is ``max(1, C // 16)``.
+    """
+
+    #: Marks the global average pooling that thop counts (see ``torch_ref.profile``).
+    has_global_avg_pool = True
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        hidden = max(1, channels // 16)
+        self.fc1 = _conv(channels, hidden, 1, bias=False)
+        self.relu = nn.ReLU()
+        self.fc2 = _conv(hidden, channels, 1, bias=False)
+        self.sigmoid = nn.Sigmoid()
+
+    def construct(self, x: ms.Tensor) -> ms.Tensor:
+        """Attention weights (B, C, 1, 1) in (0, 1)."""
+        avg = self.fc2(self.relu(self.fc1(ops.mean(x, (2, 3), True))))
+        mx = self.fc2(self.relu(self.fc1(ops.amax(x, (2, 3), True))))
+        return self.sigmoid(avg + mx)
+
+
+class SpatialAttention(nn.Cell):
+    """CBAM spatial attention: ``sigmoid(conv7x7[mean_c x, max_c x])``, shape (B, 1, H, W)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = _conv(2, 1, 7, bias=False)
+        self.sigmoid = nn.Sigmoid()
+
+    def construct(self, x: ms.Tensor) -> ms.Tensor:
+        """Attention weights (B, 1, H, W) in (0, 1)."""
+        pooled = ops.cat((ops.mean(x, 1, True), ops.amax(x, 1, True)), axis=1)
+        return self.sigmoid(self.conv(pooled))
+
+
+class ResCBAMBlock(nn.Cell):
+    """Residual block with CBAM: two 3x3 conv-BN, channel then spatial attention, shortcut.
+
+    The shortcut is ``nn.Identity`` when ``in_ch == out_ch``, else ``nn.SequentialCell`` of a
+    1x1 convolution (with bias) and BatchNorm (children ``0`` and ``1``).
+
+    Args:
+        in_ch: Input channels.
+        out_ch: Output channels.
+    """
+
+    def __init__(self, in_ch: int, out_ch: int) -> None:
+        super().__init__()
+        self.conv1 = _conv(in_ch, out_ch, 3, bias=True)
+        self.bn1 = _bn(out_ch)
+        self.relu = nn.ReLU()
+        self.conv2 = _conv(out_ch, out_ch, 3, bias=True)
+        self.bn2 = _bn(out_ch)
+        self.ca = ChannelAttention(out_ch)
+        self.sa = SpatialAttention()
+        if in_ch == out_ch:
+            self.shortcut = nn.Identity()
+        else:
+            self.shortcut = nn.SequentialCell(_conv(in_ch, out_ch, 1, bias=True), _bn(out_ch))
+
+    def construct(self, x: ms.Tensor) -> ms.Tensor:
+        """Block output (B, out_ch, H, W)."""
+        residual = self.shortcut(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        out = self.ca(out) * out
+        out = self.sa(out) * out
+        return self.relu(out + residual)
+
+
+def _node(in_ch: int, out_ch: int, blocks: int) -> nn.SequentialCell:
+    """A nested node: ``blocks`` residual CBAM blocks, the first one ``in_ch -> out_ch``."""
+    return nn.SequentialCell(
+        [ResCBAMBlock(in_ch, out_ch)] + [ResCBAMBlock(out_ch, out_ch) for _ in range(blocks - 1)]
+    )
+
+
+def node_specs(
+    nb_filter: Sequence[int], num_blocks: Sequence[int], in_channels: int
+) -> list[tuple[str, int, int, int]]:
+    """The nested nodes of DNANet as ``(name, in_ch, out_ch, blocks)``, in build order.
+
+    A copy of ``torch_ref.models.dnanet.node_specs`` (neither side imports the other).
+    """
+    nb = list(nb_filter)
+    specs: list[tuple[str, int, int, int]] = []
+    for i in range(5):
+        blocks = 1 if i == 0 else num_blocks[i - 1]
+        for j in range(5 - i):
+            if j == 0:
+                in_ch = in_channels if i == 0 else nb[i - 1]
+            else:
+                in_ch = nb[i] * j + nb[i + 1] + (nb[i - 1] if i > 0 else 0)
+            specs.append((f"conv{i}_{j}", in_ch, nb[i], blocks))
+    return specs
+
+
+class DNANet(nn.Cell):
+    """Dense Nested Attention Network; returns logits (B, num_classes, H, W).
+
+    Args:
+        nb_filter: Widths of levels 0..4 (5 positive integers).
+        num_blocks: Residual CBAM blocks per node on levels 1..4 (4 positive integers); level 0
+            nodes have one block.
+        in_channels: Input channels.
+        num_classes: Output channels (logits).
+        deep_supervision: Build side heads ``final1..final4`` on ``x0_1, x0_2, x0_3`` and the
+            fused feature (the output is ``final4``'s); otherwise a single ``final`` head.
+
+    Raises:
+        TypeError, ValueError: Invalid arguments (the message names the argument).
+
+    Input H and W must be multiples of 16 (checked on the static shape in both modes).
+    """
+
+    def __init__(
+        self,
+        nb_filter: Sequence[int] = (16, 32, 64, 128, 256),
+        num_blocks: Sequence[int] = (2, 2, 2, 2),
+        in_channels: int = 1,
+        num_classes: int = 1,
+        deep_supervision: bool = False,
+    ) -> None:
+        super().__init__()
+        nb = _check_ints("nb_filter", nb_filter, 5)
+        blocks = _check_ints("num_blocks", num_blocks, 4)
+        _check_positive("in_channels", in_channels)
+        _check_positive("num_classes", num_classes)
+        if not isinstance(deep_supervision, bool):
+            raise TypeError(f"deep_supervision must be a bool, got {deep_supervision!r}")
+        self.nb_filter = nb
+        self.num_blocks = blocks
+        self.in_channels = in_channels
+        self.num_classes = num_classes
+        self.deep_supervision = deep_supervision
+
+        self.pool = nn.MaxPool2d(kernel_size=2, stride=2)
+        for name, cin, cout, n in node_specs(nb, blocks, in_channels):
+            setattr(self, name, _node(cin, cout, n))
+        self.conv0_4_final = _node(nb[0] * 5, nb[0], 1)
+        self.conv0_4_1x1 = _conv(nb[4], nb[0], 1, bias=True)
+        self.conv0_3_1x1 = _conv(nb[3], nb[0], 1, bias=True)
+        self.conv0_2_1x1 = _conv(nb[2], nb[0], 1, bias=True)
+        self.conv0_1_1x1 = _conv(nb[1], nb[0], 1, bias=True)
+        if deep_supervision:
+            self.final1 = _conv(nb[0], num_classes, 1, bias=True)
+            self.final2 = _conv(nb[0], num_classes, 1, bias=True)
+            self.final3 = _conv(nb[0], num_classes, 1, bias=True)
+            self.final4 = _conv(nb[0], num_classes, 1, bias=True)
+        else:
+            self.final = _conv(nb[0], num_classes, 1, bias=True)
+
+    @property
+    def stage_channels(self) -> dict[str, int]:
+        """Channels of each stage feature (``enc0..enc4``, ``dec0..dec3``)."""
+        out = {f"enc{i}": self.nb_filter[i] for i in range(5)}
+        out.update({f"dec{i}": self.nb_filter[i] for i in range(4)})
+        return out
+
+    @property
+    def stage_strides(self) -> dict[str, int]:
+        """Stride (input size / feature size) of each stage feature."""
+        out = {f"enc{i}": 2**i for i in range(5)}
+        out.update({f"dec{i}": 2**i for i in range(4)})
+        return out
+
+    @property
+    def feature_names(self) -> tuple[str, ...]:
+        """Names of ``forward_features_tuple``'s outputs after the logits, in order."""
+        return FEATURE_NAMES + AUX_NAMES if self.deep_supervision else FEATURE_NAMES
+
+    def construct(self, x: ms.Tensor) -> ms.Tensor:
+        """Logits (B, num_classes, H, W)."""
+        return self.forward_features_tuple(x)[0]
+
+    def forward_features(self, x: ms.Tensor) -> tuple[ms.Tensor, dict[str, ms.Tensor]]:
+        """Logits and the named stage features.
+
+        Works in PYNATIVE_MODE, and in GRAPH_MODE when the dict is consumed inside the compiled
+        graph (a loss) or, in eval mode, returned from it. Returning the dict as a graph output
+        in train mode makes MindSpore 2.10's graph scheduler hang (exponential auto-monad
+        linking over this dense graph); return ``forward_features_tuple`` there instead.
+
+        Returns:
+            ``(logits, feats)``: ``feats`` maps ``enc0..enc4`` to ``x0_0..x4_0``, ``dec0`` to
+            the fused full-resolution feature, ``dec1..dec3`` to ``x1_3, x2_2, x3_1``, and with
+            deep supervision ``aux1..aux3`` to the side logits of ``x0_1..x0_3``.
+
+        Raises:
+            ValueError: H or W is not a multiple of 16.
+        """
+        out = self.forward_features_tuple(x)
+        feats = {
+            "enc0": out[1],
+            "enc1": out[2],
+            "enc2": out[3],
+            "enc3": out[4],
+            "enc4": out[5],
+            "dec0": out[6],
+            "dec1": out[7],
+            "dec2": out[8],
+            "dec3": out[9],
+        }
+        if self.deep_supervision:
+            feats["aux1"] = out[10]
+            feats["aux2"] = out[11]
+            feats["aux3"] = out[12]
+        return out[0], feats
+
+    def forward_features_tuple(self, x: ms.Tensor) -> tuple[ms.Tensor, ...]:
+        """``(logits, *features)`` with the features ordered as ``self.feature_names``.
+
+        The graph-output-safe form of ``forward_features`` (see there); turn it into the dict
+        with ``features_to_dict(outputs, net.feature_names)``.
+
+        Raises:
+            ValueError: H or W is not a multiple of 16.
+        """
+        if x.ndim != 4 or x.shape[2] % _STRIDE != 0 or x.shape[3] % _STRIDE != 0:
+            raise ValueError("DNANet expects (B, C, H, W) input with H and W multiples of 16")
+
+        x0_0 = self.conv0_0(x)
+        x1_0 = self.conv1_0(self.pool(x0_0))
+        x0_1 = self.conv0_1(ops.cat((x0_0, _to(x1_0, x0_0)), 1))
+
+        x2_0 = self.conv2_0(self.pool(x1_0))
+        x1_1 = self.conv1_1(ops.cat((x1_0, _to(x2_0, x1_0), _to(x0_1, x1_0)), 1))
+        x0_2 = self.conv0_2(ops.cat((x0_0, x0_1, _to(x1_1, x0_0)), 1))
+
+        x3_0 = self.conv3_0(self.pool(x2_0))
+        x2_1 = self.conv2_1(ops.cat((x2_0, _to(x3_0, x2_0), _to(x1_1, x2_0)), 1))
+        x1_2 = self.conv1_2(ops.cat((x1_0, x1_1, _to(x2_1, x1_0), _to(x0_2, x1_0)), 1))
+        x0_3 = self.conv0_3(ops.cat((x0_0, x0_1, x0_2, _to(x1_2, x0_0)), 1))
+
+        x4_0 = self.conv4_0(self.pool(x3_0))
+        x3_1 = self.conv3_1(ops.cat((x3_0, _to(x4_0, x3_0), _to(x2_1, x3_0)), 1))
+        x2_2 = self.conv2_2(ops.cat((x2_0, x2_1, _to(x3_1, x2_0), _to(x1_2, x2_0)), 1))
+        x1_3 = self.conv1_3(ops.cat((x1_0, x1_1, x1_2, _to(x2_2, x1_0), _to(x0_3, x1_0)), 1))
+        x0_4 = self.conv0_4(ops.cat((x0_0, x0_1, x0_2, x0_3, _to(x1_3, x0_0)), 1))
+
+        fused = self.conv0_4_final(
+            ops.cat(
+                (
+                    _to(self.conv0_4_1x1(x4_0), x0_0),
+                    _to(self.conv0_3_1x1(x3_1), x0_0),
+                    _to(self.conv0_2_1x1(x2_2), x0_0),
+                    _to(self.conv0_1_1x1(x1_3), x0_0),
+                    x0_4,
+                ),
+                1,
+            )
+        )
+        feats = (x0_0, x1_0, x2_0, x3_0, x4_0, fused, x1_3, x2_2, x3_1)
+        if self.deep_supervision:
+            aux = (self.final1(x0_1), self.final2(x0_2), self.final3(x0_3))
+            return (self.final4(fused),) + feats + aux
+        return (self.final(fused),) + feats
+
+
+def features_to_dict(
+    outputs: Sequence[ms.Tensor], names: Sequence[str]
+) -> tuple[ms.Tensor, dict[str, ms.Tensor]]:
+    """Turn ``forward_features_tuple``'s outputs into ``forward_features``'s ``(logits, feats)``.
+
+    Args:
+        outputs: ``(logits, *features)``.
+        names: The feature names, e.g. ``net.feature_names``.
+
+    Raises:
+        ValueError: The lengths disagree.
+    """
+    if len(outputs) != len(names) + 1:
+        raise ValueError(f"got {len(outputs)} outputs for logits + {len(names)} features")
+    return outputs[0], dict(zip(names, outputs[1:], strict=True))
