@@ -19,9 +19,6 @@ EXIT_FAIL = 1
 EXIT_USAGE = 2
 
 _PLANNED = {
-    "train": "train one network alone (teacher, or a student baseline)",
-    "distill": "distill a student from a frozen teacher",
-    "eval": "evaluate a checkpoint on a split",
     "export": "export MindIR / ONNX artifacts",
     "parity": "run the cross-framework parity checks",
     "release": "build a gated release for Ascend and Jetson",
@@ -212,6 +209,236 @@ def _cmd_weights_convert(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# ----------------------------------------------------------------------------- train / distill
+
+
+def _split_config_args(args: argparse.Namespace) -> tuple[Path | None, list[str]]:
+    """CONFIG is optional with --resume --out DIR; an item with '=' is an override."""
+    items = list(args.overrides)
+    config = args.config
+    if config is not None and "=" in config and not Path(config).is_file():
+        items.insert(0, config)
+        config = None
+    if config is None:
+        if not (args.resume and args.out):
+            raise ValueError("a CONFIG file is needed (or --resume --out RUN_DIR)")
+        config = str(Path(args.out) / "config.yaml")
+    return Path(config), items
+
+
+def _backend_run(backend: str) -> Callable[..., dict]:
+    """The training entry point ``run(cfg, run_dir, *, resume, cache_dir)`` of a backend."""
+    if backend == "pytorch":
+        from torch_ref.train import run
+    else:
+        try:
+            from ms_impl.train import run
+        except ImportError as exc:
+            raise ValueError(f"backend mindspore is not available here: {exc}") from None
+    return run
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    import time
+
+    from irkd.demo import run_demo
+
+    overrides = list(args.overrides)
+    if args.backend:
+        overrides.insert(0, f"backend={args.backend}")
+    out = Path(args.out) if args.out else Path("runs") / f"demo-{time.strftime('%Y%m%d-%H%M%S')}"
+
+    def runner(cfg, run_dir: Path) -> dict:
+        return _backend_run(cfg.backend)(cfg, run_dir, cache_dir=args.cache)
+
+    run_demo(runner, out, config=args.config, overrides=overrides)
+    print(f"\nsummary: {out / 'summary.json'}")
+    return EXIT_OK
+
+
+def _run_training(args: argparse.Namespace, mode: str) -> int:
+    import time
+
+    from irkd.config import load_config
+
+    if args.resume and not args.out:
+        raise ValueError("--resume needs --out RUN_DIR (the run folder to continue)")
+    config, items = _split_config_args(args)
+    cfg = load_config(config, items)
+    distill = cfg.teacher is not None and cfg.method.name != "none"
+    if mode == "distill" and not distill:
+        raise ValueError(
+            f"{config}: irkd distill needs a teacher (teacher.name, teacher.checkpoint) and a "
+            f"method other than none (method.name is {cfg.method.name!r})"
+        )
+    if mode == "distill" and cfg.teacher is not None and not cfg.teacher.checkpoint:
+        raise ValueError(
+            f"{config}: teacher.checkpoint is not set: give the teacher's trained weights, "
+            "e.g. teacher.checkpoint=runs/<teacher-run>/best.safetensors"
+        )
+    if mode == "train" and distill:
+        raise ValueError(
+            f"{config}: this config distills ({cfg.method.name} from {cfg.teacher.name}): "
+            "run irkd distill, or set method.name=none to train the network alone"
+        )
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    out = Path(args.out) if args.out else Path("runs") / f"{cfg.name}-{stamp}"
+    run = _backend_run(cfg.backend)
+    print(f"irkd {mode}: {cfg.name} on {cfg.backend} -> {out}")
+    result = run(cfg, out, resume=args.resume, cache_dir=args.cache)
+    metrics = result.get("metrics")
+    if metrics:
+        from irkd.reports import format_metrics
+
+        print(f"{cfg.name}: test split: {format_metrics(metrics)}")
+        print(f"run folder: {out}")
+    return EXIT_OK
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    return _run_training(args, "train")
+
+
+def _cmd_distill(args: argparse.Namespace) -> int:
+    return _run_training(args, "distill")
+
+
+# ----------------------------------------------------------------------------- eval
+
+
+def _eval_inputs(args: argparse.Namespace) -> dict:
+    """Resolve weights, network, backend, data root, normalisation and teacher for eval."""
+    from irkd.config import load_config
+    from irkd.weights import extra_metadata, load_neutral
+
+    cfg = None
+    if args.run:
+        run = Path(args.run)
+        if not (run / "config.yaml").is_file():
+            raise FileNotFoundError(f"{run} is not a run folder (no config.yaml)")
+        cfg = load_config(run / "config.yaml")
+        weights = Path(args.weights) if args.weights else run / "best.safetensors"
+        network = args.network or cfg.model.name
+        backend = args.backend or cfg.backend
+    else:
+        if not args.weights:
+            raise ValueError("irkd eval needs --run DIR or --weights FILE")
+        weights = Path(args.weights)
+        network = args.network
+        backend = args.backend or "pytorch"
+    if not weights.is_file():
+        raise FileNotFoundError(f"weights file {weights} not found")
+    meta: dict = {}
+    if weights.suffix == ".safetensors":
+        arrays_meta = load_neutral(weights)[1]
+        meta = dict(extra_metadata(arrays_meta))
+        network = network or arrays_meta.get("network")
+    if network is None:
+        raise ValueError(f"{weights}: no network name stored in the file: pass --network NAME")
+    if args.data:
+        root = Path(args.data)
+    elif meta.get("data_root"):
+        root = Path(meta["data_root"])
+    elif cfg is not None:
+        from irkd.engine import resolve_dataset
+
+        root = resolve_dataset(cfg.data, args.cache)
+    else:
+        raise ValueError("irkd eval --weights needs --data ROOT (the dataset folder)")
+    teacher = None
+    if args.teacher:
+        teacher = (args.teacher_network, Path(args.teacher), {})
+        if args.teacher_network is None:
+            raise ValueError("--teacher needs --teacher-network NAME")
+    elif cfg is not None and cfg.teacher is not None and cfg.method.name != "none":
+        if cfg.teacher.checkpoint and Path(cfg.teacher.checkpoint).is_file():
+            teacher = (cfg.teacher.name, Path(cfg.teacher.checkpoint), dict(cfg.teacher.kwargs))
+    return {
+        "cfg": cfg,
+        "weights": weights,
+        "network": network,
+        "backend": backend,
+        "root": root,
+        "meta": meta,
+        "teacher": teacher,
+    }
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    import importlib
+    import time
+
+    from irkd.config import MethodConfig
+    from irkd.data import IRSTDDataset, compute_mean_std, split_train_val
+    from irkd.evaluate import choose_ids, evaluate_split
+    from irkd.reports import format_metrics
+
+    inp = _eval_inputs(args)
+    cfg, meta, root = inp["cfg"], inp["meta"], inp["root"]
+    layout = cfg.data.layout if cfg is not None else "auto"
+    dataset = IRSTDDataset(root, args.split, layout=layout)
+    if meta.get("mean") is not None and meta.get("std") is not None:
+        mean, std = float(meta["mean"]), float(meta["std"])
+    else:
+        train = IRSTDDataset(root, "train", layout=layout)
+        ids = train.ids
+        if cfg is not None:
+            ids = split_train_val(train.ids, cfg.data.val_fraction, cfg.seed)[0]
+        mean, std = compute_mean_std(train, ids)
+        print(
+            f"normalisation not stored with the weights: mean/std {mean:.3f}/{std:.3f} "
+            f"computed on {len(ids)} training images"
+        )
+    multiple = int(meta.get("eval_multiple") or (cfg.data.eval_multiple if cfg else 32))
+
+    backend = inp["backend"]
+    modname = "torch_ref.predict" if backend == "pytorch" else "ms_impl.predict"
+    try:
+        pred = importlib.import_module(modname)
+    except ImportError as exc:
+        raise ValueError(f"backend {backend} is not available here: {exc}") from None
+    net = pred.load_network(inp["network"], inp["weights"])
+    msa = None
+    if inp["teacher"] is not None:
+        t_name, t_path, t_kwargs = inp["teacher"]
+        teacher = pred.load_network(t_name, t_path, **t_kwargs)
+        method = cfg.method if cfg is not None else MethodConfig()
+
+        def msa(x):
+            return pred.teacher_msa_maps(teacher, method, x)
+
+    if args.ids:
+        sample_ids = [i.strip() for i in args.ids.split(",") if i.strip()]
+    else:
+        sample_ids = choose_ids(dataset.ids, args.n_samples)
+    if args.out:
+        out = Path(args.out)
+    elif args.run:
+        out = Path(args.run) / f"eval-{args.split}"
+    else:
+        out = Path("runs") / f"eval-{inp['weights'].stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+    report = evaluate_split(
+        dataset,
+        pred.forward_fn(net),
+        mean=mean,
+        std=std,
+        out_dir=out,
+        multiple=multiple,
+        sample_ids=sample_ids,
+        msa=msa,
+        context={
+            "weights": str(inp["weights"]),
+            "network": inp["network"],
+            "backend": backend,
+            "teacher": str(inp["teacher"][1]) if inp["teacher"] else None,
+        },
+        title=f"{inp['network']} on {dataset.name}/{args.split}",
+    )
+    print(f"{inp['network']} on {dataset.name}/{args.split}: {format_metrics(report)}")
+    print(f"report written to {out} (metrics.json, roc.png, samples/: {len(report['samples'])})")
+    return EXIT_OK
+
+
 def _not_built(name: str) -> Callable[[argparse.Namespace], int]:
     def handler(args: argparse.Namespace) -> int:
         print(f"irkd {name}: not built yet ({_PLANNED[name]}).", file=sys.stderr)
@@ -266,6 +493,17 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("--json", help="also write the table as JSON to this file")
     models.set_defaults(func=_cmd_models)
 
+    demo = sub.add_parser(
+        "demo",
+        help="the main job: teacher, student alone and MSA-AWMSE student on synthetic data",
+    )
+    demo.add_argument("overrides", nargs="*", help="key.sub=value overrides of the demo config")
+    demo.add_argument("--config", help="demo config (default configs/demo.yaml)")
+    demo.add_argument("--backend", choices=["pytorch", "mindspore"], help="override the backend")
+    demo.add_argument("--out", help="output folder (default runs/demo-<time>)")
+    demo.add_argument("--cache", default="runs/_data", help="synthetic data cache folder")
+    demo.set_defaults(func=_cmd_demo)
+
     weights = sub.add_parser("weights", help="convert weights between frameworks")
     wsub = weights.add_subparsers(dest="weights_command", metavar="ACTION")
     wsub.required = True
@@ -280,6 +518,35 @@ def build_parser() -> argparse.ArgumentParser:
         "--deep-supervision", action="store_true", help="the network has deep-supervision heads"
     )
     conv.set_defaults(func=_cmd_weights_convert)
+
+    for mode, text in (
+        ("train", "train one network alone (teacher, or a student baseline)"),
+        ("distill", "distill a student from a frozen teacher"),
+    ):
+        p = sub.add_parser(mode, help=text)
+        p.add_argument("config", nargs="?", help="experiment YAML (optional with --resume --out)")
+        p.add_argument("overrides", nargs="*", help="key.sub=value overrides (YAML values)")
+        p.add_argument("--out", help="run folder (default runs/<name>-<timestamp>)")
+        p.add_argument("--resume", action="store_true", help="continue the run in --out")
+        p.add_argument("--cache", default="runs/_data", help="synthetic data cache folder")
+        p.set_defaults(func=_cmd_train if mode == "train" else _cmd_distill)
+
+    ev = sub.add_parser("eval", help="evaluate a checkpoint on a split (metrics, ROC, samples)")
+    ev.add_argument("--run", help="a run folder (uses its best.safetensors and config)")
+    ev.add_argument(
+        "--weights", help="a weights file (.safetensors, .pt, .ckpt); with --run: instead of best"
+    )
+    ev.add_argument("--network", help="registered network (default: stored in the weights)")
+    ev.add_argument("--backend", choices=["pytorch", "mindspore"], help="default: the run's")
+    ev.add_argument("--data", help="dataset folder (default: the run's)")
+    ev.add_argument("--split", default="test")
+    ev.add_argument("--out", help="report folder (default RUN/eval-SPLIT)")
+    ev.add_argument("--ids", help="comma-separated ids to draw")
+    ev.add_argument("--n-samples", type=int, default=8, help="images to draw (default 8)")
+    ev.add_argument("--teacher", help="teacher weights, for its MSA maps in the figures")
+    ev.add_argument("--teacher-network", help="the teacher's registered network")
+    ev.add_argument("--cache", default="runs/_data", help="synthetic data cache folder")
+    ev.set_defaults(func=_cmd_eval)
 
     for name, text in _PLANNED.items():
         p = sub.add_parser(name, help=f"{text} (not built yet)")
@@ -297,7 +564,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except (ValueError, FileNotFoundError) as exc:
+    except RuntimeError as exc:
+        from irkd.engine import NonFiniteLossError
+
+        if not isinstance(exc, NonFiniteLossError):
+            raise
+        # A NaN/Inf loss stops a run cleanly: one line, the last good checkpoint kept.
+        print(f"irkd: error: {exc}", file=sys.stderr)
+        return EXIT_FAIL
+    except (ValueError, FileNotFoundError, FileExistsError) as exc:
         # Input errors (dataset, config, files) are the user's to fix: one clear line,
         # no traceback. Anything else is a bug and keeps its traceback.
         print(f"irkd: error: {exc}", file=sys.stderr)

@@ -20,10 +20,26 @@ full-resolution nodes come as ``aux1..aux3`` in the same dict.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["ModelSpec", "MODELS", "STAGES", "stage_channels", "get_spec"]
+__all__ = [
+    "ModelSpec",
+    "MODELS",
+    "STAGES",
+    "HEAD_PRIOR",
+    "HEAD_BIAS",
+    "stage_channels",
+    "get_spec",
+]
+
+#: Initial target probability of every output head: the heads' biases start at
+#: ``log(p / (1 - p))`` (a RetinaNet-style prior). Targets cover well under 1% of an IRSTD
+#: image; starting at p = 0.5 leaves SoftIoU with tiny gradients for hundreds of steps
+#: (measured on the synthetic data: test IoU 1.8% -> 20% after 96 steps with the prior).
+HEAD_PRIOR = 0.01
+HEAD_BIAS = math.log(HEAD_PRIOR / (1.0 - HEAD_PRIOR))
 
 
 @dataclass(frozen=True)

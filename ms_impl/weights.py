@@ -44,8 +44,10 @@ __all__ = [
 
 SOURCE = "mindspore"
 
-# BatchNorm3d wraps a BatchNorm2d (``<bn>.bn2d.gamma``), which has no PyTorch twin: left out.
-_BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.SyncBatchNorm)
+# Cells whose affine parameters MindSpore names gamma/beta where PyTorch says weight/bias:
+# BatchNorm (plus moving statistics) and LayerNorm (FGD's context blocks). BatchNorm3d wraps a
+# BatchNorm2d (``<bn>.bn2d.gamma``), which has no PyTorch twin: left out.
+_BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.SyncBatchNorm, nn.LayerNorm)
 
 
 def bn_prefixes(net: nn.Cell) -> set[str]:

@@ -95,3 +95,14 @@ def test_save_roundtrip(tmp_path):
     again = load_config(tmp_path / "run" / "config.yaml")
     assert config_to_dict(again) == config_to_dict(cfg)
     assert again.method.params == {"tau": 4.0}
+
+
+def test_every_shipped_config_is_valid():
+    from pathlib import Path
+
+    files = sorted((Path(__file__).resolve().parents[1] / "configs").rglob("*.yaml"))
+    assert len(files) >= 7
+    for f in files:
+        cfg = load_config(f)
+        if cfg.method.name not in ("none",) and cfg.teacher is not None:
+            assert cfg.teacher.name != cfg.model.name, f

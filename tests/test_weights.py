@@ -562,3 +562,21 @@ def test_cli_convert_pt_to_ckpt_to_neutral(tmp_path, capsys):
         == 1
     )
     assert "does not fit" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("method", ["msa_awmse", "mgd", "fgd"])
+def test_distiller_weights_cross_frameworks_bit_identical(method):
+    """Connectors, MGD generation blocks and FGD context blocks (LayerNorm) map strictly."""
+    from irkd.config import MethodConfig
+    from ms_impl.distill import build_distiller as ms_build
+    from torch_ref.distill import build_distiller as torch_build
+
+    cfg = MethodConfig(name=method, stages=["enc1", "dec0"])
+    t_ch, s_ch = zoo.stage_channels("dnanet_s"), zoo.stage_channels("dnanet_xxs")
+    tdist = randomize_torch(torch_build(cfg, t_ch, s_ch), seed=3)
+    arrays = tw.state_to_neutral(tdist)
+    if method == "fgd":
+        assert any(".channel_add_conv_s.1.weight" in k for k in arrays)  # the LayerNorm
+    mdist = ms_build(cfg, t_ch, s_ch)
+    msw.load_neutral_ms(mdist, arrays)
+    assert_same(arrays, msw.net_to_neutral(mdist))

@@ -29,6 +29,8 @@ from collections.abc import Sequence
 import mindspore as ms
 from mindspore import nn, ops
 
+from irkd.zoo import HEAD_BIAS
+
 __all__ = [
     "ChannelAttention",
     "SpatialAttention",
@@ -240,6 +242,13 @@ class DNANet(nn.Cell):
             self.final4 = _conv(nb[0], num_classes, 1, bias=True)
         else:
             self.final = _conv(nb[0], num_classes, 1, bias=True)
+        for m in (
+            (self.final1, self.final2, self.final3, self.final4)
+            if deep_supervision
+            else (self.final,)
+        ):
+            # Target prior, see irkd.zoo.HEAD_PRIOR.
+            m.bias.set_data(ops.full(m.bias.shape, HEAD_BIAS, dtype=ms.float32))
 
     @property
     def stage_channels(self) -> dict[str, int]:

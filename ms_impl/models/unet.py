@@ -23,6 +23,8 @@ from collections.abc import Sequence
 import mindspore as ms
 from mindspore import nn, ops
 
+from irkd.zoo import HEAD_BIAS
+
 __all__ = ["UNet"]
 
 
@@ -68,6 +70,9 @@ class UNet(nn.Cell):
         self.dec1 = _double_conv(widths[1] + widths[2], widths[1])
         self.dec0 = _double_conv(widths[0] + widths[1], widths[0])
         self.head = nn.Conv2d(widths[0], num_classes, 1, pad_mode="pad", padding=0, has_bias=True)
+        self.head.bias.set_data(
+            ops.full(self.head.bias.shape, HEAD_BIAS, dtype=ms.float32)
+        )  # prior
         self.pool = nn.MaxPool2d(kernel_size=2, stride=2)
 
     def _up_cat(self, skip: ms.Tensor, deep: ms.Tensor) -> ms.Tensor:

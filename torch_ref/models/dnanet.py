@@ -29,6 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from irkd.zoo import HEAD_BIAS
+
 __all__ = [
     "ChannelAttention",
     "SpatialAttention",
@@ -229,6 +231,12 @@ class DNANet(nn.Module):
             self.final4 = nn.Conv2d(nb[0], num_classes, 1, bias=True)
         else:
             self.final = nn.Conv2d(nb[0], num_classes, 1, bias=True)
+        for m in (
+            (self.final1, self.final2, self.final3, self.final4)
+            if deep_supervision
+            else (self.final,)
+        ):
+            nn.init.constant_(m.bias, HEAD_BIAS)  # target prior, see irkd.zoo.HEAD_PRIOR
 
     @property
     def stage_channels(self) -> dict[str, int]:

@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from irkd.zoo import HEAD_BIAS
+
 __all__ = ["UNet"]
 
 
@@ -69,6 +71,7 @@ class UNet(nn.Module):
         self.dec1 = _double_conv(widths[1] + widths[2], widths[1])
         self.dec0 = _double_conv(widths[0] + widths[1], widths[0])
         self.head = nn.Conv2d(widths[0], num_classes, 1, bias=True)
+        nn.init.constant_(self.head.bias, HEAD_BIAS)  # target prior, see irkd.zoo.HEAD_PRIOR
 
     @staticmethod
     def _up_cat(skip: torch.Tensor, deep: torch.Tensor) -> torch.Tensor:

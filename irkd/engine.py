@@ -1,0 +1,832 @@
+"""Framework-free training machinery shared by ``torch_ref.train`` and ``ms_impl.train``.
+
+Everything here is numpy, YAML, JSON and tqdm only, so both backends run the same data,
+schedule, bookkeeping and evaluation code and differ only in their train step.
+
+API (in the order a training loop uses it):
+
+- :func:`resolve_dataset` ``(data_cfg, cache_dir, *, seed=0, size=256) -> Path``: the dataset
+  root (``data.root``, or the built-in synthetic dataset, generated once under
+  ``cache_dir/"synth-n{N}-s{seed}"`` and reused afterwards).
+- :func:`prepare_data` ``(cfg, cache_dir) -> PreparedData``: train/val ids carved from the
+  TRAIN split (:func:`irkd.data.split_train_val` with ``cfg.seed``), mean/std on the train
+  ids only, a :class:`irkd.data.TrainBatches`, the validation dataset view, and the test
+  split opened lazily (:meth:`PreparedData.test_set`). The test split is never used to
+  choose a checkpoint.
+- :func:`steps_per_epoch` ``(batches, schedule_cfg) -> int``: ``len(batches)`` capped by
+  ``schedule.steps_per_epoch``.
+- :func:`lr_at` ``(step, steps_per_epoch, optim_cfg, schedule_cfg) -> float``: learning rate
+  of global step ``step`` (0-based): linear warm-up, then cosine to ``min_lr`` / step decay /
+  constant.
+- :func:`noise_for` ``(seed, step, shapes) -> tuple[np.ndarray, ...]``: the per-stage uniform
+  [0, 1) float32 noise of global step ``step`` (MGD), drawn from
+  ``np.random.default_rng([seed, step, 7])``; an empty shape ``()`` gives a float32 0-d zero
+  and draws nothing.
+- :func:`check_finite` ``(value, *, where, last_good=None)``: raise
+  :class:`NonFiniteLossError` when a loss (or any term of a mapping of terms) is NaN/Inf.
+- :class:`RunDir` ``(path)``: the run folder layout (``config.yaml``, ``log.jsonl``,
+  ``checkpoints/last/``, ``best.safetensors``, ``best.json``, ``metrics.json``), with
+  :meth:`RunDir.write_checkpoint` (atomic folder write, older ``last`` kept as
+  ``checkpoints/epoch_NNNN`` up to ``keep_last``) and :meth:`RunDir.read_state`.
+- :func:`atomic_dir` ``(final)``: context manager yielding a temporary sibling folder that
+  replaces ``final`` only once it is complete.
+- :class:`TrainState`: ``epoch`` (completed epochs = index of the next epoch to run),
+  ``step`` (global steps done), ``best_score``, ``best_epoch``; JSON round trip.
+- :class:`JsonlLogger`: one JSON object a line, flushed per record.
+- :func:`predict_split` / :class:`Evaluator` / :func:`evaluate_predictions`: sigmoid
+  probabilities of full padded images cropped back, scored with
+  :class:`irkd.metrics.IRSTDMetrics`.
+- :func:`progress`: tqdm bars (auto-disabled when stderr is not a TTY).
+
+Conventions: epochs are 0-based in code and in ``state.json`` (``TrainState.epoch`` counts
+completed epochs); log records carry ``epoch`` 1-based (the epoch being run, as the
+progress bar shows it) and ``step`` as the 1-based global step just finished.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import math
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from irkd.config import (
+    ConfigError,
+    DataConfig,
+    ExperimentConfig,
+    NetConfig,
+    OptimConfig,
+    ScheduleConfig,
+    config_to_dict,
+    load_config,
+    save_config,
+)
+from irkd.data import (
+    IRSTDDataset,
+    TrainBatches,
+    compute_mean_std,
+    crop_back,
+    iter_eval,
+    split_train_val,
+    synthesize,
+)
+from irkd.metrics import IRSTDMetrics
+from irkd.reports import to_jsonable, write_json_atomic
+from irkd.zoo import get_spec
+
+__all__ = [
+    "is_distill",
+    "net_kwargs",
+    "check_same_config",
+    "Evaluator",
+    "JsonlLogger",
+    "NonFiniteLossError",
+    "PreparedData",
+    "RunDir",
+    "TrainState",
+    "atomic_dir",
+    "check_finite",
+    "evaluate_predictions",
+    "lr_at",
+    "noise_for",
+    "predict_split",
+    "prepare_data",
+    "progress",
+    "resolve_dataset",
+    "sigmoid",
+    "steps_per_epoch",
+    "subset",
+]
+
+NOISE_SALT = 7
+"""Third word of the noise RNG seed, ``default_rng([seed, step, NOISE_SALT])``."""
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def resolve_dataset(
+    data_cfg: DataConfig, cache_dir: str | os.PathLike[str], *, seed: int = 0, size: int = 256
+) -> Path:
+    """Return the dataset root of a config, generating the synthetic dataset if needed.
+
+    Args:
+        data_cfg: ``cfg.data``; ``root`` is returned as is when set.
+        cache_dir: Folder for the synthetic dataset (e.g. ``runs/_data``).
+        seed: Seed of the synthetic dataset (a property of the data, not of the run, so the
+            teacher and the students of one study see the same images).
+        size: Image side of the synthetic dataset.
+
+    Returns:
+        ``Path(data_cfg.root)``, or ``cache_dir/"synth-n{N}-s{seed}"`` (``-z{size}`` is
+        appended when ``size != 256``), generated on first use and reused afterwards.
+    """
+    if data_cfg.root is not None:
+        return Path(data_cfg.root)
+    n = int(data_cfg.synth_n)
+    name = f"synth-n{n}-s{seed}" + ("" if size == 256 else f"-z{size}")
+    root = Path(cache_dir) / name
+    if (root / "train.txt").is_file() and (root / "test.txt").is_file():
+        return root
+    root.parent.mkdir(parents=True, exist_ok=True)
+    # Generate into a temporary sibling, then rename: a killed generation leaves no
+    # half-written dataset that a later run would mistake for a complete one.
+    with atomic_dir(root) as tmp:
+        synthesize(tmp, n, seed=seed, size=size)
+    return root
+
+
+def subset(dataset: IRSTDDataset, ids: Sequence[str], split: str) -> IRSTDDataset:
+    """A shallow copy of ``dataset`` restricted to ``ids`` (which must belong to it)."""
+    known = set(dataset.ids)
+    unknown = [i for i in ids if i not in known]
+    if unknown:
+        raise ValueError(f"subset: ids not in split {dataset.split!r}: {', '.join(unknown[:5])}")
+    view = copy.copy(dataset)
+    view.ids = list(ids)
+    view.split = split
+    return view
+
+
+@dataclass
+class PreparedData:
+    """Everything a training loop needs from the data side.
+
+    Attributes:
+        root: Dataset root.
+        layout: Dataset layout (``cfg.data.layout``).
+        train_set: The TRAIN split (all its ids).
+        train_ids: Ids trained on (train split minus validation).
+        val_ids: Ids used to choose the best checkpoint (a part of the train split).
+        val_set: ``train_set`` restricted to ``val_ids`` (for :func:`predict_split`).
+        mean: Normalisation mean (0..255), computed on ``train_ids`` only.
+        std: Normalisation std (0..255), computed on ``train_ids`` only.
+        batches: Training batches (epoch ``e`` from ``default_rng([seed, e])``).
+        multiple: Evaluation padding multiple (``cfg.data.eval_multiple``).
+    """
+
+    root: Path
+    layout: str
+    train_set: IRSTDDataset
+    train_ids: list[str]
+    val_ids: list[str]
+    val_set: IRSTDDataset
+    mean: float
+    std: float
+    batches: TrainBatches
+    multiple: int
+
+    def test_set(self, split: str = "test") -> IRSTDDataset:
+        """Open the test split (only for the final report, never for selection)."""
+        return IRSTDDataset(self.root, split, layout=self.layout)
+
+    def info(self) -> dict[str, Any]:
+        """JSON-ready summary (root, sizes, mean/std) for logs and reports."""
+        return {
+            "root": str(self.root),
+            "n_train": len(self.train_ids),
+            "n_val": len(self.val_ids),
+            "mean": self.mean,
+            "std": self.std,
+            "batches_per_epoch": len(self.batches),
+        }
+
+
+def prepare_data(
+    cfg: ExperimentConfig, cache_dir: str | os.PathLike[str], *, synth_size: int = 256
+) -> PreparedData:
+    """Open the training split, carve the validation part and build the batches.
+
+    Args:
+        cfg: The experiment (``data``, ``seed``).
+        cache_dir: Where the synthetic dataset lives (see :func:`resolve_dataset`).
+        synth_size: Image side of the synthetic dataset when ``data.root`` is None.
+
+    Returns:
+        The prepared data.
+
+    Raises:
+        DatasetError: A missing or broken dataset folder.
+        ValueError: Too few training ids for one batch.
+    """
+    d = cfg.data
+    root = resolve_dataset(d, cache_dir, size=synth_size)
+    train_set = IRSTDDataset(root, "train", layout=d.layout)
+    train_ids, val_ids = split_train_val(train_set.ids, d.val_fraction, cfg.seed)
+    mean, std = compute_mean_std(train_set, train_ids)
+    if not std > 0:
+        raise ValueError(f"training images of {root} have zero variance (std 0)")
+    batches = TrainBatches(
+        train_set,
+        train_ids,
+        batch_size=d.batch_size,
+        crop=d.crop,
+        mean=mean,
+        std=std,
+        seed=cfg.seed,
+        target_bias=d.target_bias,
+        drop_last=True,
+    )
+    return PreparedData(
+        root=root,
+        layout=d.layout,
+        train_set=train_set,
+        train_ids=train_ids,
+        val_ids=val_ids,
+        val_set=subset(train_set, val_ids, "train[val]"),
+        mean=mean,
+        std=std,
+        batches=batches,
+        multiple=d.eval_multiple,
+    )
+
+
+def steps_per_epoch(batches: TrainBatches | int, schedule_cfg: ScheduleConfig) -> int:
+    """Number of steps of each epoch: the batches, capped by ``schedule.steps_per_epoch``."""
+    n = batches if isinstance(batches, int) else len(batches)
+    cap = schedule_cfg.steps_per_epoch
+    return int(n if cap is None else min(n, cap))
+
+
+# ----------------------------------------------------------------------------- schedule
+
+
+def lr_at(
+    step: int, steps_per_epoch: int, optim_cfg: OptimConfig, schedule_cfg: ScheduleConfig
+) -> float:
+    """Learning rate of global step ``step`` (0-based), updated every step.
+
+    - Warm-up (``warmup_epochs`` > 0): ``lr * (step + 1) / warmup_steps`` for the first
+      ``warmup_steps = warmup_epochs * steps_per_epoch`` steps.
+    - ``cosine``: ``min_lr + (lr - min_lr) * (1 + cos(pi * t)) / 2`` with
+      ``t = (step - warmup_steps) / (total_steps - warmup_steps)``, so the first step after
+      warm-up runs at ``lr`` and the curve ends just above ``min_lr``.
+    - ``step``: ``lr * gamma ** (epoch // step_epochs)``, ``epoch = step // steps_per_epoch``.
+    - ``constant``: ``lr``.
+
+    Args:
+        step: Global step index (0-based).
+        steps_per_epoch: Steps of one epoch (>= 1).
+        optim_cfg: Peak ``lr``.
+        schedule_cfg: Scheduler, ``epochs``, ``warmup_epochs``, ``min_lr``, ``step_epochs``,
+            ``gamma``.
+
+    Returns:
+        The learning rate (a Python float).
+    """
+    if steps_per_epoch < 1:
+        raise ValueError(f"lr_at: steps_per_epoch must be >= 1, got {steps_per_epoch}")
+    if step < 0:
+        raise ValueError(f"lr_at: step must be >= 0, got {step}")
+    base = float(optim_cfg.lr)
+    warm = int(schedule_cfg.warmup_epochs) * steps_per_epoch
+    if step < warm:
+        return base * (step + 1) / warm
+    kind = schedule_cfg.scheduler
+    if kind == "constant":
+        return base
+    if kind == "step":
+        epoch = step // steps_per_epoch
+        return base * float(schedule_cfg.gamma) ** (epoch // max(1, schedule_cfg.step_epochs))
+    total = int(schedule_cfg.epochs) * steps_per_epoch
+    span = max(1, total - warm)
+    t = min(1.0, (step - warm) / span)
+    lo = float(schedule_cfg.min_lr)
+    return lo + (base - lo) * 0.5 * (1.0 + math.cos(math.pi * t))
+
+
+# ----------------------------------------------------------------------------- randomness
+
+
+def noise_for(seed: int, step: int, shapes: Iterable[tuple[int, ...]]) -> tuple[np.ndarray, ...]:
+    """Uniform [0, 1) float32 noise for one global step, the same on both backends.
+
+    Drawn from ``np.random.default_rng([seed, step, NOISE_SALT])`` in the order of
+    ``shapes``. An empty shape ``()`` (a stage that needs no noise) yields a float32 0-d
+    zero without drawing, so the stages that do draw see the same numbers whatever the
+    others need.
+
+    Args:
+        seed: Experiment seed.
+        step: Global step (0-based index of the step about to run).
+        shapes: One shape per distilled stage (``Distiller.noise_shapes``).
+
+    Returns:
+        A tuple of float32 arrays, one per shape.
+    """
+    rng = np.random.default_rng([int(seed), int(step), NOISE_SALT])
+    out = []
+    for shape in shapes:
+        shape = tuple(int(s) for s in shape)
+        if shape == ():
+            out.append(np.zeros((), np.float32))
+        else:
+            out.append(rng.random(shape, dtype=np.float32))
+    return tuple(out)
+
+
+# ----------------------------------------------------------------------------- failures
+
+
+class NonFiniteLossError(RuntimeError):
+    """A loss (or one of its terms) became NaN or infinite; the run stopped.
+
+    The message names where (epoch/step), the terms and the last good checkpoint.
+    """
+
+
+def check_finite(
+    value: float | Mapping[str, float],
+    *,
+    where: str,
+    last_good: str | os.PathLike[str] | None = None,
+) -> None:
+    """Raise :class:`NonFiniteLossError` when a loss value or a term is NaN/Inf.
+
+    Args:
+        value: A float, or a mapping of term name -> float (all are checked and all shown).
+        where: Position, e.g. ``"epoch 3, step 120"``.
+        last_good: The last checkpoint folder written (it is left untouched), or None.
+
+    Raises:
+        NonFiniteLossError: With a one-line message.
+    """
+    terms = dict(value) if isinstance(value, Mapping) else {"loss": value}
+    values = {k: float(v) for k, v in terms.items()}
+    bad = [k for k, v in values.items() if not math.isfinite(v)]
+    if not bad:
+        return
+    shown = ", ".join(f"{k}={v:.6g}" for k, v in values.items())
+    if last_good is not None and Path(last_good).is_dir():
+        tail = f"last good checkpoint: {last_good} (kept; --resume restarts from it)"
+    else:
+        tail = "no checkpoint had been written yet"
+    raise NonFiniteLossError(
+        f"non-finite loss at {where} ({', '.join(bad)} not finite: {shown}); run stopped; "
+        f"{tail}; lower optim.lr or check the data"
+    )
+
+
+# ----------------------------------------------------------------------------- files
+
+
+def _fsync_tree(folder: Path) -> None:
+    for p in sorted(folder.rglob("*")):
+        if p.is_file():
+            with open(p, "rb") as fh:
+                os.fsync(fh.fileno())
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _recover_dir(final: Path) -> None:
+    """Undo an interrupted :func:`atomic_dir` swap and drop stale temporary folders."""
+    parent = final.parent
+    if not parent.is_dir():
+        return
+    olds = sorted(parent.glob(f".{final.name}.old-*"))
+    if not final.exists() and olds:
+        olds[-1].rename(final)  # the swap stopped between its two renames
+        olds = olds[:-1]
+    for p in olds + sorted(parent.glob(f".{final.name}.tmp-*")):
+        shutil.rmtree(p, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def atomic_dir(
+    final: str | os.PathLike[str], *, keep_old: str | os.PathLike[str] | None = None
+) -> Iterator[Path]:
+    """Write a folder completely, then put it in place of ``final``.
+
+    Yields a fresh temporary sibling folder (``.NAME.tmp-*``). On success every file in it
+    is fsynced, an existing ``final`` is renamed aside (``.NAME.old-*``), the temporary
+    folder is renamed to ``final``, and only then the old folder is removed (or moved to
+    ``keep_old``). On an exception the temporary folder is removed and ``final`` is left
+    as it was. A swap interrupted between its two renames is repaired on the next call.
+
+    Args:
+        final: Destination folder.
+        keep_old: Where to move the replaced folder instead of deleting it.
+
+    Yields:
+        The temporary folder to write into.
+    """
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    _recover_dir(final)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    try:
+        yield tmp
+        _fsync_tree(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = None
+    if final.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{final.name}.old-", dir=final.parent))
+        old.rmdir()
+        final.rename(old)
+    tmp.rename(final)
+    if old is not None:
+        if keep_old is not None:
+            keep = Path(keep_old)
+            if keep.exists():
+                shutil.rmtree(keep)
+            old.rename(keep)
+        else:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+@dataclass
+class TrainState:
+    """Where a run stands; saved as ``state.json`` in each checkpoint.
+
+    Attributes:
+        epoch: Completed epochs (= 0-based index of the next epoch to run).
+        step: Global optimizer steps done.
+        best_score: Best validation score so far (val IoU), None before any validation.
+        best_epoch: 1-based epoch of ``best_score``, None before any validation.
+        extra: Free JSON-ready data (backend, data position, ...).
+    """
+
+    epoch: int = 0
+    step: int = 0
+    best_score: float | None = None
+    best_epoch: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-ready dict."""
+        return to_jsonable(asdict(self))
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> TrainState:
+        """Inverse of :meth:`to_json` (unknown keys are ignored)."""
+        best = data.get("best_score")
+        best_epoch = data.get("best_epoch")
+        return cls(
+            epoch=int(data.get("epoch", 0)),
+            step=int(data.get("step", 0)),
+            best_score=None if best is None else float(best),
+            best_epoch=None if best_epoch is None else int(best_epoch),
+            extra=dict(data.get("extra") or {}),
+        )
+
+
+class JsonlLogger:
+    """Append JSON records, one a line, flushed after each (``tail -f`` friendly)."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._fh = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
+
+    def log(self, record: Mapping[str, Any]) -> None:
+        """Write one record (numpy values and NaN are converted, see ``to_jsonable``).
+
+        When stderr is not a terminal (CI logs, ``nohup``), where the progress bars are
+        silent, epoch and validation records are also echoed as one short line on stdout.
+        """
+        self._fh.write(json.dumps(to_jsonable(dict(record)), allow_nan=False) + "\n")
+        self._fh.flush()
+        if not sys.stderr.isatty():
+            line = echo_line(record)
+            if line:
+                print(line, flush=True)
+
+    def close(self) -> None:
+        """Close the file."""
+        if not self._fh.closed:
+            self._fh.close()
+
+    def __enter__(self) -> JsonlLogger:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def echo_line(record: Mapping[str, Any]) -> str | None:
+    """One human line for an ``epoch`` or ``val`` log record (None for other kinds)."""
+    kind = record.get("kind")
+    if kind == "epoch":
+        terms = " ".join(
+            f"{k[5:]} {v:.4f}" for k, v in record.items() if k.startswith("mean_") and v is not None
+        )
+        return (
+            f"  epoch {record.get('epoch')}: {terms} "
+            f"({record.get('train_s', 0.0):.1f} s, {record.get('images_per_s', 0.0):.1f} img/s)"
+        )
+    if kind == "val":
+        iou = record.get("iou")
+        if iou is None:
+            return None
+        return f"  epoch {record.get('epoch')}: val IoU {100 * iou:.2f}%"
+    return None
+
+
+def read_jsonl(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """Read a JSONL file (a torn last line, from a killed process, is skipped)."""
+    out = []
+    p = Path(path)
+    if not p.is_file():
+        return out
+    for line in p.read_text(encoding="utf-8").splitlines():
+        if not line.strip():
+            continue
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return out
+
+
+class RunDir:
+    """The layout of a run folder (created on construction).
+
+    Attributes:
+        path: The run folder.
+        config: ``config.yaml`` (resolved config).
+        log: ``log.jsonl``.
+        checkpoints: ``checkpoints/``.
+        last: ``checkpoints/last/`` (``state.json`` + backend files).
+        best: ``best.safetensors`` (student only, neutral weights).
+        best_json: ``best.json`` (epoch and validation metrics of ``best``).
+        metrics: ``metrics.json`` (test metrics of ``best``, written at the end).
+    """
+
+    STATE = "state.json"
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self.path.mkdir(parents=True, exist_ok=True)
+        self.config = self.path / "config.yaml"
+        self.log = self.path / "log.jsonl"
+        self.checkpoints = self.path / "checkpoints"
+        self.last = self.checkpoints / "last"
+        self.best = self.path / "best.safetensors"
+        self.best_json = self.path / "best.json"
+        self.metrics = self.path / "metrics.json"
+        if self.checkpoints.is_dir():
+            _recover_dir(self.last)
+
+    def __repr__(self) -> str:
+        return f"RunDir({str(self.path)!r})"
+
+    def save_config(self, cfg: ExperimentConfig) -> Path:
+        """Write the resolved config (``irkd.config.save_config``)."""
+        save_config(cfg, self.config)
+        return self.config
+
+    def logger(self) -> JsonlLogger:
+        """An appending :class:`JsonlLogger` on ``log.jsonl``."""
+        return JsonlLogger(self.log)
+
+    def records(self) -> list[dict[str, Any]]:
+        """The records of ``log.jsonl``."""
+        return read_jsonl(self.log)
+
+    def trim_log(self, completed_epochs: int) -> None:
+        """Keep only records of epochs ``<= completed_epochs`` (1-based) before a resume.
+
+        Records written after the checkpoint (a run killed mid-epoch) would otherwise
+        appear twice; records without an ``epoch`` (run headers) are kept.
+        """
+        if not self.log.is_file():
+            return
+        keep = [
+            r
+            for r in read_jsonl(self.log)
+            if r.get("epoch") is None or int(r["epoch"]) <= completed_epochs
+        ]
+        text = "".join(json.dumps(r, allow_nan=False) + "\n" for r in keep)
+        tmp = self.log.with_suffix(".jsonl.tmp")
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(self.log)
+
+    def has_checkpoint(self) -> bool:
+        """Whether ``checkpoints/last/state.json`` exists."""
+        return (self.last / self.STATE).is_file()
+
+    def read_state(self) -> TrainState:
+        """The :class:`TrainState` of ``checkpoints/last``.
+
+        Raises:
+            FileNotFoundError: No checkpoint to resume from.
+        """
+        path = self.last / self.STATE
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"no checkpoint to resume from in {self.path} (expected {path})"
+            )
+        return TrainState.from_json(json.loads(path.read_text(encoding="utf-8")))
+
+    def write_checkpoint(
+        self, state: TrainState, write: Callable[[Path], None], *, keep_last: int = 1
+    ) -> Path:
+        """Write ``checkpoints/last`` atomically.
+
+        ``write(folder)`` stores the backend's files (weights, optimizer) in a temporary
+        folder; ``state.json`` is added; the folder then replaces ``checkpoints/last``. With
+        ``keep_last > 1`` the replaced checkpoint is kept as ``checkpoints/epoch_NNNN``
+        (its 1-based completed epoch), and the oldest ones beyond ``keep_last - 1`` are
+        removed.
+
+        Returns:
+            ``checkpoints/last``.
+        """
+        keep_old = None
+        if keep_last > 1 and self.has_checkpoint():
+            prev = self.read_state()
+            keep_old = self.checkpoints / f"epoch_{prev.epoch:04d}"
+        with atomic_dir(self.last, keep_old=keep_old) as tmp:
+            write(tmp)
+            write_json_atomic(tmp / self.STATE, state.to_json())
+        kept = sorted(self.checkpoints.glob("epoch_[0-9][0-9][0-9][0-9]"))
+        for old in kept[: max(0, len(kept) - (keep_last - 1))]:
+            shutil.rmtree(old, ignore_errors=True)
+        return self.last
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    """Numerically safe logistic function, float32 out."""
+    x = np.asarray(x, dtype=np.float64)
+    with np.errstate(over="ignore"):
+        out = 1.0 / (1.0 + np.exp(-x))
+    return out.astype(np.float32)
+
+
+def predict_split(
+    dataset: IRSTDDataset,
+    forward: Callable[[np.ndarray], np.ndarray],
+    *,
+    mean: float,
+    std: float,
+    multiple: int = 32,
+    desc: str | None = None,
+) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
+    """Run a network over a split at native resolution.
+
+    Each image is normalised and padded (:func:`irkd.data.iter_eval`), ``forward`` maps the
+    (1, 1, Hp, Wp) float32 array to logits of the same shape (a numpy array), the sigmoid is
+    applied and the padding cropped back.
+
+    Yields:
+        (id, probability float32 (H, W), mask uint8 (H, W)).
+    """
+    items = iter_eval(dataset, mean=mean, std=std, multiple=multiple)
+    for id_, x, mask, hw in progress(items, total=len(dataset), desc=desc or "eval", leave=False):
+        logits = np.asarray(forward(x))
+        if logits.shape[-2:] != x.shape[-2:]:
+            raise ValueError(
+                f"predict_split: network output {logits.shape} does not match input {x.shape}"
+            )
+        prob = crop_back(sigmoid(logits.reshape(x.shape[-2:])), hw)
+        yield id_, np.ascontiguousarray(prob), mask
+
+
+class Evaluator:
+    """Accumulate IRSTD metrics over (id, prob, mask) and keep chosen probability maps.
+
+    Args:
+        threshold: Pixel threshold (``prob > threshold``).
+        keep: Ids whose probability maps are kept in :attr:`kept` (for sample figures).
+    """
+
+    def __init__(self, *, threshold: float = 0.5, keep: Iterable[str] = ()) -> None:
+        self.metrics = IRSTDMetrics(threshold=threshold)
+        self.keep = set(keep)
+        self.kept: dict[str, np.ndarray] = {}
+        self.ids: list[str] = []
+
+    def update(self, id_: str, prob: np.ndarray, mask: np.ndarray) -> None:
+        """Add one image."""
+        self.metrics.update(prob, mask)
+        self.ids.append(id_)
+        if id_ in self.keep:
+            self.kept[id_] = prob
+
+    def result(self) -> dict[str, Any]:
+        """The metrics, ROC, ids seen and kept maps.
+
+        Returns:
+            ``{"metrics": IRSTDMetrics.compute(), "roc": IRSTDMetrics.roc(), "ids": [...],
+            "kept": {id: prob}}``.
+        """
+        return {
+            "metrics": self.metrics.compute(),
+            "roc": self.metrics.roc(),
+            "ids": list(self.ids),
+            "kept": dict(self.kept),
+        }
+
+
+def evaluate_predictions(
+    pred_iter: Iterable[tuple[str, np.ndarray, np.ndarray]],
+    *,
+    threshold: float = 0.5,
+    keep: Iterable[str] = (),
+) -> dict[str, Any]:
+    """Score an iterator of (id, prob (H, W), mask (H, W)) such as :func:`predict_split`.
+
+    Returns:
+        ``{"metrics", "roc", "ids", "kept"}`` (see :meth:`Evaluator.result`); the metrics
+        dict has ``iou``, ``niou``, ``pd``, ``fa``, ``fa_1e6`` and the counts.
+    """
+    ev = Evaluator(threshold=threshold, keep=keep)
+    for id_, prob, mask in pred_iter:
+        ev.update(id_, prob, mask)
+    return ev.result()
+
+
+def summary_metrics(metrics: Mapping[str, Any]) -> dict[str, Any]:
+    """The headline figures of a metrics dict: IoU, nIoU, Pd, Fa (x 1e-6) and counts."""
+    keys = ("iou", "niou", "pd", "fa", "fa_1e6", "n_images", "n_targets")
+    return {k: metrics.get(k) for k in keys}
+
+
+# ----------------------------------------------------------------------------- progress
+
+
+def progress(
+    iterable: Iterable[Any] | None = None,
+    *,
+    total: int | None = None,
+    desc: str | None = None,
+    leave: bool = True,
+    initial: int = 0,
+    unit: str = "it",
+) -> Any:
+    """A tqdm bar on stderr, disabled automatically when stderr is not a TTY.
+
+    Epoch bars use ``leave=True``; step and evaluation bars ``leave=False``.
+    """
+    return tqdm(
+        iterable,
+        total=total,
+        desc=desc,
+        leave=leave,
+        initial=initial,
+        unit=unit,
+        disable=None,
+        dynamic_ncols=True,
+    )
+
+
+# ----------------------------------------------------------------------------- configs
+
+
+def is_distill(cfg: ExperimentConfig) -> bool:
+    """Whether a config distills (a teacher and a method other than ``none``)."""
+    return cfg.teacher is not None and cfg.method.name != "none"
+
+
+def net_kwargs(net: NetConfig, *, deep_supervision: bool = False) -> dict[str, Any]:
+    """Constructor kwargs of a network config (plus ``deep_supervision`` for DNANet).
+
+    Raises:
+        ConfigError: Deep supervision asked of a family without side heads (U-Net).
+    """
+    kwargs = dict(net.kwargs)
+    if deep_supervision:
+        family = get_spec(net.name).family
+        if family != "dnanet":
+            raise ConfigError(
+                f"train.deep_supervision: {net.name} ({family}) has no deep-supervision heads; "
+                "set train.deep_supervision=false"
+            )
+        kwargs["deep_supervision"] = True
+    return kwargs
+
+
+def check_same_config(run: RunDir, cfg: ExperimentConfig) -> None:
+    """On resume, refuse a config that differs from the run's (``schedule.epochs`` aside)."""
+    if not run.config.is_file():
+        return
+    saved = config_to_dict(load_config(run.config))
+    now = config_to_dict(cfg)
+    saved["schedule"]["epochs"] = now["schedule"]["epochs"]
+    diff = [k for k in now if now[k] != saved.get(k)]
+    if diff:
+        raise ConfigError(
+            f"--resume: the config differs from {run.config} in {', '.join(diff)}; "
+            "resume with the run's own config.yaml"
+        )

@@ -1,0 +1,52 @@
+"""Task loss: SoftIoU on the output logits (and the deep-supervision heads).
+
+MindSpore twin of ``torch_ref.losses`` (see docs/contracts.md). Works in PYNATIVE_MODE and
+GRAPH_MODE.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from mindspore import Tensor, ops
+
+__all__ = ["soft_iou_loss", "task_loss"]
+
+
+def soft_iou_loss(logits: Tensor, mask: Tensor, smooth: float = 1.0) -> Tensor:
+    """SoftIoU loss ``1 - mean_b iou_b``.
+
+    ``p = sigmoid(logits)`` and, per image (sums over channels and pixels),
+    ``iou = (sum p*g + smooth) / (sum p + sum g - sum p*g + smooth)``.
+
+    Args:
+        logits: Network output (B, 1, H, W), before the sigmoid.
+        mask: Ground truth (B, 1, H, W) in {0, 1}, float.
+        smooth: Additive smoothing of numerator and denominator (an empty mask and an empty
+            prediction give ``iou = 1``).
+
+    Returns:
+        Scalar loss in [0, 1).
+    """
+    p = ops.sigmoid(logits)
+    g = ops.cast(mask, p.dtype)
+    inter = ops.sum(p * g, (1, 2, 3))
+    union = ops.sum(p, (1, 2, 3)) + ops.sum(g, (1, 2, 3)) - inter
+    iou = (inter + smooth) / (union + smooth)
+    return 1.0 - ops.mean(iou)
+
+
+def task_loss(logits: Tensor, aux: Sequence[Tensor], mask: Tensor) -> Tensor:
+    """SoftIoU of the output, or its mean over ``(*aux, logits)`` with deep supervision.
+
+    Args:
+        logits: Output logits (B, 1, H, W).
+        aux: Side logits of the deep-supervision heads (``aux1, aux2, aux3``), or ``()``.
+        mask: Ground truth (B, 1, H, W).
+    """
+    loss = soft_iou_loss(logits, mask)
+    if len(aux) == 0:
+        return loss
+    for a in aux:
+        loss = loss + soft_iou_loss(a, mask)
+    return loss / float(len(aux) + 1)

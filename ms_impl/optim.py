@@ -1,0 +1,245 @@
+"""Optimizers that agree with PyTorch, a per-step learning rate, and optimizer state files.
+
+Which optimizer (``cfg.optim.name``), MindSpore side against the PyTorch twin
+(``torch_ref.train.build_optimizer``):
+
+=========  ===========================================  =================================
+name       MindSpore                                    PyTorch
+=========  ===========================================  =================================
+``adamw``  ``mindspore.experimental.optim.AdamW``       ``torch.optim.AdamW``
+``adam``   :class:`AdamL2` (experimental ``AdamW``      ``torch.optim.Adam``
+           without decoupled decay, L2 on the grad)
+``sgd``    ``mindspore.experimental.optim.SGD``         ``torch.optim.SGD``
+=========  ===========================================  =================================
+
+The experimental ``AdamW`` and ``SGD`` follow PyTorch's formulas: AdamW's decoupled decay
+(``p *= 1 - lr * wd``, then the bias-corrected step with ``denom = sqrt(v) / sqrt(1 - beta2^t)
++ eps``), SGD's L2 decay added to the gradient and first momentum buffer equal to the
+gradient. ``mindspore.nn.Adam`` / ``nn.AdamWeightDecay`` do not (other decay and epsilon
+placement), and neither does ``mindspore.experimental.optim.Adam``: it runs ``ops.Adam``,
+which adds epsilon *before* the bias correction, i.e. an effective epsilon of
+``eps / sqrt(1 - beta2^t)`` (31x larger at the first step). Parameters whose gradients are
+around 1e-7 then move up to ``lr`` less per step than in PyTorch (measured: 3 * lr apart
+after three steps of a ``dnanet_xxs``). ``adam`` therefore runs :class:`AdamL2`: the
+experimental AdamW with no decoupled decay (its ``p *= 1 - lr * 0`` is exact) after adding
+``wd * p`` to the gradient, which is PyTorch's Adam operation for operation.
+Measured (``tests/test_train_ms.py``, which prints the drift): three steps of a
+``dnanet_xxs`` alone from the same weights on the same batch give bit-identical losses with
+SGD, AdamW and Adam; SGD's parameters agree within float32 rounding; Adam(W)'s within a small
+fraction of ``lr``. Adam normalises each gradient element by its own size, so an element
+whose gradient is rounding noise in both frameworks moves by up to ``lr`` per step either
+way: the biases of convolutions that feed a BatchNorm (their exact gradient is zero) are the
+extreme case and are compared against that bound.
+
+Learning rate per step (:func:`set_lr`)
+=======================================
+
+The experimental optimizers keep each group's learning rate in a scalar ``Parameter``
+(``optimizer.param_groups[i]["lr"]``, the same object as ``optimizer.lrs[i]``) that the
+optimizer reads at run time, so a new value needs no recompilation. It must be written
+**in place** with ``ops.assign``:
+
+- ``Parameter.set_data(Tensor(lr))`` swaps the parameter's storage; a train step compiled
+  before (GRAPH_MODE, ``ms.jit``, and also PyNative, where the optimizers' inner
+  ``implementation`` is ``@jit``-compiled) keeps reading the old storage, so the new rate is
+  silently ignored (measured: the update size did not follow the rate);
+- assigning a Python float to ``group["lr"]`` bakes the value into the next compiled graph
+  as a constant (one recompilation per value).
+
+``ops.assign(group["lr"], Tensor(lr, float32))`` is seen by the already compiled step in
+GRAPH_MODE, under ``ms.jit`` and in PyNative (measured: halving the rate halves the update).
+The same rule holds for any parameter a compiled step reads (weights, optimizer moments):
+load them before the first step, or write them with ``ops.assign``.
+
+Optimizer state files
+=====================
+
+:func:`optimizer_state` is every parameter the optimizer owns apart from the model's (the
+moments ``exp_avg.*``, ``exp_avg_sq.*``, ``max_exp_avg_sq.*`` and the step counter
+``state_step`` of Adam/AdamW; ``accum.*`` and ``stat.*`` of SGD) plus the learning rates
+(``learning_rate_group_<i>``). :func:`save_optimizer` writes them as a MindSpore ``.ckpt``;
+:func:`load_optimizer` reads them back strictly (same names, shapes and dtypes) and writes
+them in place, so a resumed run continues with the exact optimizer state.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import mindspore as ms
+import numpy as np
+from mindspore import Parameter, Tensor, ops
+from mindspore.experimental import optim
+
+from irkd.weights import Spec, WeightsError, check_strict
+
+__all__ = [
+    "AdamL2",
+    "OPTIMIZERS",
+    "build_optimizer",
+    "get_lr",
+    "load_optimizer",
+    "optimizer_state",
+    "save_optimizer",
+    "set_lr",
+]
+
+OPTIMIZERS: tuple[str, ...] = ("adamw", "adam", "sgd")
+"""Valid ``cfg.optim.name`` values."""
+
+
+class AdamL2(optim.AdamW):
+    """PyTorch's ``Adam`` (L2 weight decay on the gradient) on top of the experimental AdamW.
+
+    Args:
+        params: Parameters to optimize.
+        lr: Learning rate.
+        betas: ``(beta1, beta2)``.
+        eps: Added to the bias-corrected ``sqrt(v)`` (PyTorch's placement).
+        weight_decay: L2 coefficient, added to the gradient as ``grad + wd * p``.
+
+    Attributes:
+        l2: The L2 coefficient (the parameter groups' ``weight_decay`` is 0: no decoupled
+            decay).
+    """
+
+    def __init__(
+        self,
+        params: Sequence[Parameter],
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+    ) -> None:
+        super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=0.0)
+        if weight_decay < 0.0:
+            raise ValueError(f"Invalid weight_decay value: {weight_decay}")
+        self.l2 = float(weight_decay)
+
+    def construct(self, gradients: tuple[Tensor, ...]) -> bool:
+        """One step: ``g += l2 * p``, then AdamW with zero decoupled decay."""
+        if self.l2 != 0.0:
+            gradients = self._decay_weight(self.l2, self.parameters, gradients)
+        return super().construct(gradients)
+
+
+def build_optimizer(params: Sequence[Parameter], optim_cfg: Any) -> optim.Optimizer:
+    """The experimental MindSpore optimizer matching ``cfg.optim`` (and PyTorch's twin).
+
+    Args:
+        params: The trainable parameters (student and distiller; never the teacher's).
+        optim_cfg: An :class:`irkd.config.OptimConfig` (``name``, ``lr``, ``weight_decay``,
+            ``momentum``, ``betas``, ``eps``).
+
+    Returns:
+        ``AdamW`` (decoupled decay), :class:`AdamL2` (L2 decay) or ``SGD`` (momentum, L2
+        decay), one parameter group.
+
+    Raises:
+        ValueError: An unknown optimizer name or an empty parameter list.
+    """
+    params = list(params)
+    if not params:
+        raise ValueError("build_optimizer: no trainable parameters")
+    o = optim_cfg
+    lr = float(o.lr)
+    wd = float(o.weight_decay)
+    if o.name == "adamw":
+        return optim.AdamW(params, lr=lr, betas=tuple(o.betas), eps=float(o.eps), weight_decay=wd)
+    if o.name == "adam":
+        return AdamL2(params, lr=lr, betas=tuple(o.betas), eps=float(o.eps), weight_decay=wd)
+    if o.name == "sgd":
+        return optim.SGD(params, lr=lr, momentum=float(o.momentum), weight_decay=wd)
+    raise ValueError(f"optim.name: unknown optimizer {o.name!r}; valid: {', '.join(OPTIMIZERS)}")
+
+
+def set_lr(optimizer: optim.Optimizer, lr: float) -> None:
+    """Set every group's learning rate in place (seen by an already compiled step).
+
+    Raises:
+        TypeError: A group whose ``lr`` is not a ``Parameter`` (set by hand to a number).
+    """
+    value = Tensor(np.float32(lr), ms.float32)
+    for i, group in enumerate(optimizer.param_groups):
+        p = group["lr"]
+        if not isinstance(p, Parameter):
+            raise TypeError(
+                f"param_groups[{i}]['lr'] is a {type(p).__name__}, not a Parameter: set it "
+                "with set_lr only"
+            )
+        ops.assign(p, value)
+
+
+def get_lr(optimizer: optim.Optimizer) -> list[float]:
+    """The learning rate of each group, as the optimizer reads it."""
+    return [float(group["lr"].asnumpy()) for group in optimizer.param_groups]
+
+
+def optimizer_state(optimizer: optim.Optimizer) -> dict[str, Parameter]:
+    """Name -> parameter of the optimizer's own state (moments, step, learning rates).
+
+    The model parameters it updates are left out (compared by identity).
+
+    Raises:
+        WeightsError: Two state parameters share a name (a name collision between the
+            trained cells; give them distinct prefixes).
+    """
+    model = {id(p) for p in optimizer.parameters}
+    out: dict[str, Parameter] = {}
+    for _, p in optimizer.parameters_and_names():
+        if id(p) in model:
+            continue
+        if p.name in out and out[p.name] is not p:
+            raise WeightsError(f"optimizer state: two parameters are named {p.name!r}")
+        out[p.name] = p
+    for group in optimizer.param_groups:
+        lr = group["lr"]
+        if isinstance(lr, Parameter):
+            out[lr.name] = lr
+    return out
+
+
+def _specs(params: dict[str, Parameter]) -> dict[str, Spec]:
+    return {
+        name: Spec(tuple(int(d) for d in p.shape), np.dtype(str(p.dtype).lower()).name)
+        for name, p in params.items()
+    }
+
+
+def save_optimizer(optimizer: optim.Optimizer, path: str | os.PathLike[str]) -> Path:
+    """Write :func:`optimizer_state` to a MindSpore checkpoint (``.ckpt``).
+
+    Not atomic by itself: write into a folder that is put in place atomically
+    (``irkd.engine.atomic_dir`` / ``RunDir.write_checkpoint``).
+    """
+    path = Path(path)
+    state = optimizer_state(optimizer)
+    entries = [{"name": n, "data": Tensor(p.asnumpy().copy())} for n, p in state.items()]
+    ms.save_checkpoint(entries, str(path))
+    return path
+
+
+def load_optimizer(optimizer: optim.Optimizer, path: str | os.PathLike[str]) -> None:
+    """Restore what :func:`save_optimizer` wrote, strictly, writing each value in place.
+
+    Raises:
+        WeightsError: A missing/corrupt file, or names, shapes or dtypes that differ from the
+            optimizer's (another optimizer kind, or other trained networks).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"optimizer state {path} not found")
+    try:
+        saved = ms.load_checkpoint(str(path))
+    except Exception as exc:  # MindSpore raises ValueError/RuntimeError for bad files
+        raise WeightsError(f"cannot read optimizer state {path}: {exc}") from None
+    state = optimizer_state(optimizer)
+    arrays = {name: t.asnumpy() for name, t in saved.items()}
+    check_strict(_specs(state), arrays, what=f"optimizer state {path.name} does not fit")
+    for name, p in state.items():
+        # np.array, not np.ascontiguousarray: the latter turns a 0-d array (state_step, the
+        # learning rates) into shape (1,).
+        ops.assign(p, Tensor(np.array(arrays[name], order="C", copy=True)))

@@ -1,0 +1,681 @@
+"""MindSpore training: ``irkd train`` (a network alone) and ``irkd distill`` (frozen teacher).
+
+The native implementation; ``torch_ref.train`` is its PyTorch twin, with the same structure
+(``MSTrainer`` <-> ``TorchTrainer``: ``train_mode``, ``step``, ``write``, ``read``; ``run``,
+``_run_epoch``, ``_validate``, ``final_report``), the same JSONL record keys and the same run
+folder. Everything that is not the step itself (data, schedule, noise, run folder,
+checkpoints, validation, test report) comes from :mod:`irkd.engine`, shared by both backends.
+
+Per step::
+
+    set_lr(optimizer, lr_at(step, steps_per_epoch, cfg.optim, cfg.schedule))  # ops.assign
+    t_logits, t_feats = teacher_fn(x)            # compiled eval-mode call, outside the grad
+    noise = noise_for(seed, step, distiller.noise_shapes(B, H, W))          # numpy, (seed, step)
+    loss, task, kd, terms = train_step(x, mask, t_logits, *t_feats, *noise) # one compiled graph:
+        # value_and_grad(forward, None, optimizer.parameters, has_aux=True), then
+        # optimizer(grads) only when the loss is finite
+    check_finite(...)                            # NonFiniteLossError: the update was skipped
+
+The compiled step (findings, MindSpore 2.10 on CPU)
+===================================================
+
+- **One graph per step.** ``train_step`` is ``ms.jit`` of a function that calls
+  ``ms.value_and_grad(forward, None, optimizer.parameters, has_aux=True)`` and the optimizer;
+  GRAPH_MODE when ``cfg.train.graph_mode`` (the default), otherwise PyNative, run eagerly
+  (no ``ms.jit``, for debugging). The gradient is taken with respect to
+  ``optimizer.parameters`` only: the student's and the distiller's (connectors, MGD/FGD
+  blocks) trainable parameters, never the teacher's.
+- **Inputs are flat tensors.** A tuple of tensors passed to a ``ms.jit`` function is taken as
+  a *constant* (MindSpore warns "Constant value tensor are detected in tuple or list") and
+  the step is recompiled at every call with new values (measured: 35-50 s per step).
+  The teacher features and the noise are therefore passed as separate positional tensors
+  (``*t_feats, *noise``) and regrouped inside the graph.
+- **The teacher is frozen three ways**: its parameters have ``requires_grad=False`` and are
+  not in the optimizer; it runs in a separate compiled eval-mode call (``set_train(False)``,
+  so its BatchNorm layers use and never update their moving statistics) whose outputs enter
+  the step as inputs, wrapped in ``ops.stop_gradient`` again by the distiller; and it is
+  never made a child of a cell that gets ``set_train(True)`` (a parent's ``set_train``
+  switches every descendant, which would put the teacher's BatchNorm in train mode and
+  update its statistics). ``tests/test_train_ms.py`` checks its parameters and statistics bit
+  for bit in both modes.
+- **Feature dicts.** DNANet's feature dict is consumed inside the step's graph (the student's,
+  in ``forward``) and is never a graph output in train mode (that hangs MindSpore 2.10's graph
+  scheduler); the teacher's eval-mode call returns a tuple of the distilled stages only.
+- **Learning rate.** Written each step in place with ``ops.assign`` into the optimizer's lr
+  ``Parameter`` (:func:`ms_impl.optim.set_lr`): seen by the compiled step without
+  recompiling. ``Parameter.set_data`` is *not* seen by an already compiled graph: it swaps
+  the parameter's storage while the graph (and, in PyNative, the experimental optimizers'
+  own ``@jit`` update) keeps the old one. The same holds for weights: a checkpoint loaded
+  with ``set_data`` after the first step would be read by the forward pass while the
+  optimizer kept updating the old storage (measured: no weight changed any more).
+  :meth:`MSTrainer.read` therefore writes weights and optimizer state in place
+  (:func:`assign_neutral`, :func:`ms_impl.optim.load_optimizer`).
+- **NaN/Inf.** The update is guarded inside the graph (``if isfinite(loss): optimizer(grads)``),
+  so, as in PyTorch, a non-finite loss updates no parameter (BatchNorm statistics of the
+  forward pass aside, as in PyTorch); the loop then raises
+  :class:`~irkd.engine.NonFiniteLossError` and the last good checkpoint is left untouched.
+  Note: MindSpore's CPU ReLU maps NaN to 0 where PyTorch's propagates it, so a NaN pixel in
+  an *input image* can vanish inside a MindSpore network and never reach the loss; the check
+  sees what reaches the loss (a NaN mask pixel, an overflow, a diverging run).
+- **Evaluation** (validation, test report) of a GRAPH_MODE run uses
+  :func:`ms_impl.predict.forward_fn` ``mode="auto"``: the eval network is compiled for the
+  first few image shapes (2.4 s for a ``dnanet_xs`` at 256x256, then 0.25 s an image against
+  0.45 s eagerly) and any further shape runs eagerly, so a dataset of many sizes does not pay
+  one compilation per size. The compiled eval graph reads the parameters the train step
+  updates in place, and switching the context mode for evaluation leaves the compiled train
+  step valid (it is not recompiled). A PyNative run evaluates eagerly.
+
+Measured step times (this 2-core CPU, batch 4, 256x256 crops, AdamW, median of 5 steps
+after the first; the machine was shared, load average 3 to 8, so absolute times are
+inflated by up to about 2x; "first" = compilation plus one step):
+
+=========================================  ==============  ===========  ==========
+run                                        GRAPH_MODE      ms.jit in    PyNative,
+                                           (first)         PyNative     eager
+=========================================  ==============  ===========  ==========
+teacher ``dnanet`` alone                   10.4 s (101 s)  9.2 s        18.8 s
+student ``dnanet_xs`` alone                3.8 s (48 s)    3.7 s        8.6 s
+``dnanet`` -> ``dnanet_xs``, msa_awmse      6.6 s (63 s)    6.8 s        12.3 s
+=========================================  ==============  ===========  ==========
+
+A compiled step (GRAPH_MODE, or ``ms.jit`` under PyNative: the same within noise) is about
+2x faster than eager PyNative; compiling costs 45 to 90 s once per run (and once more after
+a resume). On tiny inputs (a 64x64 test batch) eager PyNative is dominated by per-operation
+overhead and the compiled step is 10-15x faster.
+
+Which mode: distillation when ``cfg.teacher`` is set and ``cfg.method.name != "none"``;
+otherwise the student (``cfg.model``) is trained alone with the task loss.
+
+Run folder (:class:`irkd.engine.RunDir`): ``config.yaml``, ``log.jsonl``,
+``checkpoints/last/{student,distiller}.safetensors + optimizer.ckpt + state.json``
+(``optimizer.ckpt``: :func:`ms_impl.optim.save_optimizer`; the distiller file only when it
+has parameters), ``best.safetensors`` (student only, neutral names; metadata holds the
+network kwargs and the normalisation), ``best.json``, ``metrics.json`` (test split, best
+weights).
+
+Resume (``resume=True``) restarts at the epoch after the last checkpoint; on CPU it reproduces
+an uninterrupted run bit for bit (measured by ``tests/test_train_ms.py``: weights, optimizer
+state and losses identical; same machine and thread count).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import mindspore as ms
+import numpy as np
+from mindspore import nn, ops
+
+from irkd.config import ConfigError, ExperimentConfig
+from irkd.engine import (
+    NonFiniteLossError,
+    PreparedData,
+    RunDir,
+    TrainState,
+    check_finite,
+    check_same_config,
+    evaluate_predictions,
+    is_distill,
+    lr_at,
+    net_kwargs,
+    noise_for,
+    predict_split,
+    prepare_data,
+    progress,
+    steps_per_epoch,
+    summary_metrics,
+)
+from irkd.reports import write_json_atomic
+from irkd.weights import check_strict, load_neutral
+from irkd.zoo import stage_channels
+from ms_impl.losses import task_loss
+from ms_impl.models import create_model
+from ms_impl.optim import build_optimizer, load_optimizer, save_optimizer, set_lr
+from ms_impl.predict import context_mode, forward_fn, load_network, load_weights
+from ms_impl.runtime import device_target, set_mode
+from ms_impl.weights import expected_specs, name_map, save_neutral_ms
+
+__all__ = [
+    "MSTrainer",
+    "NonFiniteLossError",
+    "assign_neutral",
+    "build_optimizer",
+    "is_distill",
+    "run",
+]
+
+BACKEND = "mindspore"
+AUX_KEYS = ("aux1", "aux2", "aux3")
+EVAL_MODE = "auto"
+"""Evaluation mode of a GRAPH_MODE run (``ms_impl.predict.forward_fn``); PyNative runs
+evaluate eagerly."""
+
+
+# ----------------------------------------------------------------------------- building
+
+
+def freeze(net: nn.Cell) -> nn.Cell:
+    """Freeze a network for use as a teacher: no gradient, eval mode (BN statistics fixed)."""
+    for p in net.get_parameters():
+        p.requires_grad = False
+    net.set_train(False)
+    return net
+
+
+def load_teacher(cfg: ExperimentConfig) -> nn.Cell:
+    """Build the teacher, load its checkpoint strictly and freeze it (eval, no grad).
+
+    Raises:
+        ConfigError: No ``teacher.checkpoint``.
+        WeightsError: The checkpoint does not fit the teacher network.
+    """
+    t = cfg.teacher
+    assert t is not None
+    if not t.checkpoint:
+        raise ConfigError(
+            "teacher.checkpoint: distillation needs the teacher's trained weights "
+            "(a .safetensors or .ckpt file, e.g. a teacher run's best.safetensors)"
+        )
+    path = Path(t.checkpoint)
+    if not path.is_file():
+        raise FileNotFoundError(f"teacher checkpoint {path} not found")
+    return freeze(load_network(t.name, path, **t.kwargs))
+
+
+class MSTrainer:
+    """The student, the frozen teacher, the distiller, the optimizer and the compiled step.
+
+    Args:
+        cfg: The experiment.
+        graph: Compile the step in GRAPH_MODE (default ``cfg.train.graph_mode``); False runs
+            it eagerly in PYNATIVE_MODE. The MindSpore context mode is set accordingly.
+        device: MindSpore device target (``CPU``, ``Ascend``, ``GPU``); None keeps
+            MindSpore's choice.
+
+    Attributes:
+        cfg: The experiment.
+        graph: Whether the step is compiled (GRAPH_MODE).
+        device: The device target the trainer runs on.
+        student: The network being trained.
+        teacher: The frozen teacher (None when training alone).
+        distiller: ``build_distiller(...)`` (None when training alone).
+        optimizer: Over the student's and the distiller's trainable parameters only.
+        student_kwargs: The student's constructor kwargs (stored with the best weights).
+        t_stages: The teacher feature stages the step takes (the distiller's, ``logits``
+            aside).
+    """
+
+    def __init__(
+        self, cfg: ExperimentConfig, *, graph: bool | None = None, device: str | None = None
+    ) -> None:
+        self.cfg = cfg
+        self.graph = bool(cfg.train.graph_mode if graph is None else graph)
+        set_mode("graph" if self.graph else "pynative", device)
+        self.device = device_target()
+        distill = is_distill(cfg)
+        self.teacher = load_teacher(cfg) if distill else None
+        self.student_kwargs = net_kwargs(cfg.model, deep_supervision=cfg.train.deep_supervision)
+        ms.set_seed(cfg.seed)
+        self.student = create_model(cfg.model.name, **self.student_kwargs)
+        if cfg.model.checkpoint:
+            load_weights(self.student, cfg.model.checkpoint, network=cfg.model.name)
+        self.distiller = None
+        if distill:
+            from ms_impl.distill import build_distiller
+
+            assert cfg.teacher is not None
+            self.distiller = build_distiller(
+                cfg.method,
+                stage_channels(cfg.teacher.name, **cfg.teacher.kwargs),
+                stage_channels(cfg.model.name, **cfg.model.kwargs),
+            )
+        params = list(self.student.trainable_params())
+        if self.distiller is not None:
+            params += list(self.distiller.trainable_params())
+        self.optimizer = build_optimizer(params, cfg.optim)
+        self.t_stages: tuple[str, ...] = ()
+        if self.distiller is not None:
+            self.t_stages = tuple(s for s in self.distiller.stages if s != "logits")
+        self._build()
+
+    # ------------------------------------------------------------------ the compiled step
+
+    def _build(self) -> None:
+        """Create the teacher call and the train step (compiled on first use)."""
+        student, distiller, teacher = self.student, self.distiller, self.teacher
+        optimizer = self.optimizer
+        t_stages = self.t_stages
+        n_t = len(t_stages)
+        aux_keys = AUX_KEYS if getattr(student, "deep_supervision", False) else ()
+
+        def forward(x: ms.Tensor, m: ms.Tensor, *rest: ms.Tensor) -> tuple[Any, ...]:
+            s_logits, s_feats = student.forward_features(x)
+            aux = tuple(s_feats[k] for k in aux_keys)
+            task = task_loss(s_logits, aux, m)
+            if distiller is None:
+                return task, task
+            t_logits = rest[0]
+            t_feats = {}
+            for i in range(n_t):
+                t_feats[t_stages[i]] = ops.stop_gradient(rest[1 + i])
+            noise = rest[1 + n_t :]
+            kd, terms = distiller(t_feats, s_feats, ops.stop_gradient(t_logits), s_logits, m, noise)
+            return task + kd, task, kd, terms
+
+        grad_fn = ms.value_and_grad(forward, None, optimizer.parameters, has_aux=True)
+
+        def train_step(x: ms.Tensor, m: ms.Tensor, *rest: ms.Tensor) -> tuple[Any, ...]:
+            out, grads = grad_fn(x, m, *rest)
+            if ops.isfinite(out[0]):
+                optimizer(grads)
+            return out
+
+        def teacher_fn(x: ms.Tensor) -> tuple[Any, ...]:
+            logits, feats = teacher.forward_features(x)
+            return (logits,) + tuple(feats[s] for s in t_stages)
+
+        self._forward = forward
+        self._train_step: Callable[..., Any] = ms.jit(train_step) if self.graph else train_step
+        self._teacher_fn: Callable[..., Any] | None = None
+        if teacher is not None:
+            self._teacher_fn = ms.jit(teacher_fn) if self.graph else teacher_fn
+
+    def train_mode(self) -> None:
+        """Student and distiller in train mode; the teacher stays in eval mode.
+
+        Also (re)selects this trainer's execution mode, GRAPH_MODE or PYNATIVE_MODE (the
+        MindSpore context is global: another trainer or an evaluation may have changed it).
+        """
+        want = ms.GRAPH_MODE if self.graph else ms.PYNATIVE_MODE
+        if ms.get_context("mode") != want:
+            set_mode("graph" if self.graph else "pynative")
+        self.student.set_train(True)
+        if self.distiller is not None:
+            self.distiller.set_train(True)
+        if self.teacher is not None:
+            self.teacher.set_train(False)
+
+    def inputs(self, images: np.ndarray, masks: np.ndarray, step: int) -> list[ms.Tensor]:
+        """The step's positional inputs: ``x, mask[, t_logits, *t_feats, *noise]``."""
+        x = ms.Tensor(np.ascontiguousarray(images, dtype=np.float32))
+        m = ms.Tensor(np.ascontiguousarray(masks, dtype=np.float32))
+        out = [x, m]
+        if self.distiller is not None:
+            assert self._teacher_fn is not None
+            t_out = self._teacher_fn(x)
+            out += list(t_out)
+            b, _, h, w = images.shape
+            noise = noise_for(self.cfg.seed, step, self.distiller.noise_shapes(b, h, w))
+            out += [ms.Tensor(a) for a in noise]
+        return out
+
+    def losses(
+        self, images: np.ndarray, masks: np.ndarray, step: int
+    ) -> tuple[ms.Tensor, dict[str, ms.Tensor]]:
+        """Forward pass of one batch, no update: ``(loss, terms)``.
+
+        ``terms`` has ``task``, ``kd`` and ``kd/<stage>``, as in the step's values. Runs
+        eagerly (PYNATIVE_MODE for the call, outside the compiled step).
+        """
+        with context_mode("pynative"):
+            out = self._forward(*self.inputs(images, masks, step))
+        return out[0], self._terms(out)
+
+    def _terms(self, out: tuple[Any, ...]) -> dict[str, ms.Tensor]:
+        terms = {"task": out[1]}
+        if self.distiller is not None:
+            terms["kd"] = out[2]
+            for name, value in zip(self.distiller.stages, out[3], strict=True):
+                terms[f"kd/{name}"] = value
+        return terms
+
+    def step(
+        self,
+        images: np.ndarray,
+        masks: np.ndarray,
+        step: int,
+        lr: float,
+        *,
+        where: str,
+        last_good: Path | None = None,
+    ) -> dict[str, float]:
+        """One optimizer step; returns the loss and its terms as floats.
+
+        Raises:
+            NonFiniteLossError: The loss or a term is NaN/Inf (no parameter is updated).
+        """
+        set_lr(self.optimizer, lr)
+        out = self._train_step(*self.inputs(images, masks, step))
+        values = {"loss": float(out[0].asnumpy())}
+        values.update({k: float(v.asnumpy()) for k, v in self._terms(out).items()})
+        check_finite(values, where=where, last_good=last_good)
+        return values
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def write(self, folder: Path) -> None:
+        """Store student, distiller and optimizer state in ``folder``."""
+        folder = Path(folder)
+        save_neutral_ms(self.student, folder / "student.safetensors", name=self.cfg.model.name)
+        if self.distiller is not None and self.distiller.parameters_dict():
+            save_neutral_ms(self.distiller, folder / "distiller.safetensors")
+        save_optimizer(self.optimizer, folder / "optimizer.ckpt")
+
+    def read(self, folder: Path) -> None:
+        """Restore what :meth:`write` stored (strictly), writing every value in place.
+
+        In place (``ops.assign``) rather than ``Parameter.set_data``: after ``set_data``, a
+        step compiled before (GRAPH_MODE, ``ms.jit``, or in PyNative the optimizer's own
+        ``@jit`` update) keeps updating the parameters' old storage, so training would
+        silently stop changing the weights the forward pass reads.
+        """
+        folder = Path(folder)
+        assign_neutral(self.student, folder / "student.safetensors", network=self.cfg.model.name)
+        if self.distiller is not None and self.distiller.parameters_dict():
+            assign_neutral(self.distiller, folder / "distiller.safetensors", network="distiller")
+        load_optimizer(self.optimizer, folder / "optimizer.ckpt")
+
+
+def assign_neutral(
+    net: nn.Cell, src: str | os.PathLike[str], *, network: str | None = None
+) -> None:
+    """Load a neutral weights file into ``net`` strictly, in place (``ops.assign``).
+
+    The same checks as :func:`ms_impl.weights.load_neutral_ms` (names, shapes, dtypes), but
+    each parameter keeps its storage, so graphs compiled before see the new values.
+
+    Raises:
+        WeightsError: A missing/extra/mis-shaped tensor, or an unreadable file.
+    """
+    arrays, _ = load_neutral(src)
+    check_strict(
+        expected_specs(net),
+        arrays,
+        what=f"weights file {Path(src).name} does not fit {network or type(net).__name__}",
+    )
+    nm = name_map(net)
+    params = net.parameters_dict()
+    for torch_name, arr in arrays.items():
+        ops.assign(params[nm.to_ms(torch_name)], ms.Tensor(np.array(arr, order="C", copy=True)))
+
+
+# ----------------------------------------------------------------------------- the run
+
+
+def _validate(trainer: MSTrainer, data: PreparedData) -> dict[str, Any]:
+    trainer.student.set_train(False)
+    preds = predict_split(
+        data.val_set,
+        forward_fn(trainer.student, mode=EVAL_MODE if trainer.graph else "pynative"),
+        mean=data.mean,
+        std=data.std,
+        multiple=data.multiple,
+        desc="val",
+    )
+    return evaluate_predictions(preds)["metrics"]
+
+
+def _weights_metadata(trainer: MSTrainer, data: PreparedData, **extra: Any) -> dict[str, Any]:
+    cfg = trainer.cfg
+    return {
+        "kwargs": trainer.student_kwargs,
+        "mean": data.mean,
+        "std": data.std,
+        "eval_multiple": data.multiple,
+        "data_root": str(data.root),
+        "run": cfg.name,
+        "method": cfg.method.name if is_distill(cfg) else "none",
+        "teacher": cfg.teacher.name if is_distill(cfg) and cfg.teacher else None,
+        "backend": BACKEND,
+        **extra,
+    }
+
+
+def final_report(run: RunDir, cfg: ExperimentConfig, data: PreparedData) -> dict[str, Any]:
+    """Evaluate ``best.safetensors`` in a bare student on the TEST split; write metrics.json."""
+    net = load_network(cfg.model.name, run.best)
+    eval_mode = EVAL_MODE if cfg.train.graph_mode else "pynative"
+    test = data.test_set()
+    result = evaluate_predictions(
+        predict_split(
+            test,
+            forward_fn(net, mode=eval_mode),
+            mean=data.mean,
+            std=data.std,
+            multiple=data.multiple,
+            desc="test",
+        )
+    )
+    best = {}
+    if run.best_json.is_file():
+        best = json.loads(run.best_json.read_text())
+    out = {
+        "split": "test",
+        "dataset": str(data.root),
+        "weights": str(run.best),
+        "network": cfg.model.name,
+        "best_epoch": best.get("epoch"),
+        **summary_metrics(result["metrics"]),
+        "metrics": result["metrics"],
+        "roc": result["roc"],
+    }
+    write_json_atomic(run.metrics, out)
+    return out
+
+
+def run(
+    cfg: ExperimentConfig,
+    run_dir: str | os.PathLike[str],
+    *,
+    resume: bool = False,
+    cache_dir: str | os.PathLike[str] = "runs/_data",
+    synth_size: int = 256,
+    stop_after: int | None = None,
+    quiet: bool = False,
+    device: str | None = None,
+) -> dict[str, Any]:
+    """Train (or distill) a network with MindSpore and report on the test split.
+
+    Args:
+        cfg: The experiment (``cfg.backend`` is not checked here: the CLI dispatches on it).
+        run_dir: The run folder (created).
+        resume: Continue from ``run_dir/checkpoints/last`` (the next epoch after it).
+        cache_dir: Where the synthetic dataset is generated when ``data.root`` is None.
+        synth_size: Image side of the synthetic dataset.
+        stop_after: Stop once this many epochs are complete, without the final report (a
+            planned interruption; ``--resume`` continues). None: run to ``schedule.epochs``.
+        quiet: Print nothing.
+        device: MindSpore device target (``CPU``, ``Ascend``, ``GPU``); None keeps
+            MindSpore's choice. Exact resume is checked on the CPU.
+
+    Returns:
+        ``{"run_dir", "state", "best_epoch", "best_val", "metrics"}`` (``metrics``: the test
+        figures, None when stopped early).
+
+    Raises:
+        NonFiniteLossError: A NaN/Inf loss; the last good checkpoint is left untouched.
+        ConfigError, DatasetError, WeightsError, FileNotFoundError: Bad inputs.
+    """
+    say = (lambda *a: None) if quiet else (lambda *a: print(*a, file=sys.stderr))
+    rd = RunDir(run_dir)
+    if resume:
+        check_same_config(rd, cfg)
+        state = rd.read_state()
+    else:
+        if rd.has_checkpoint():
+            raise FileExistsError(
+                f"{rd.path} already holds a run (checkpoints/last): pass --resume to continue "
+                "it, or choose another --out folder"
+            )
+        state = TrainState()
+    rd.save_config(cfg)
+
+    data = prepare_data(cfg, cache_dir, synth_size=synth_size)
+    spe = steps_per_epoch(data.batches, cfg.schedule)
+    trainer = MSTrainer(cfg, device=device)
+    if resume:
+        saved_spe = state.extra.get("steps_per_epoch")
+        if saved_spe is not None and int(saved_spe) != spe:
+            raise ConfigError(
+                f"--resume: {spe} steps per epoch now, {saved_spe} when the checkpoint was "
+                "written (the data or batch size changed)"
+            )
+        trainer.read(rd.last)
+        rd.trim_log(state.epoch)
+        say(f"resuming {rd.path} after epoch {state.epoch} (step {state.step})")
+
+    epochs = cfg.schedule.epochs
+    last_epoch = epochs if stop_after is None else min(epochs, stop_after)
+    mode = f"distill {cfg.method.name}" if is_distill(cfg) else "train"
+    with rd.logger() as log:
+        if state.epoch == 0:
+            log.log(
+                {
+                    "kind": "start",
+                    "backend": BACKEND,
+                    "mode": mode,
+                    "student": cfg.model.name,
+                    "teacher": cfg.teacher.name if is_distill(cfg) and cfg.teacher else None,
+                    "steps_per_epoch": spe,
+                    "data": data.info(),
+                    "threads": int(ms.get_context("runtime_num_threads") or 0),
+                    "device": trainer.device,
+                }
+            )
+        bar = progress(total=epochs, desc=f"{cfg.name} [{mode}]", initial=state.epoch, unit="ep")
+        try:
+            while state.epoch < last_epoch:
+                _run_epoch(trainer, data, rd, log, state, spe)
+                bar.update(1)
+                if state.best_score is not None:
+                    bar.set_postfix(best_iou=f"{state.best_score:.4f}", ep=state.best_epoch)
+        finally:
+            bar.close()
+
+    result: dict[str, Any] = {
+        "run_dir": str(rd.path),
+        "state": state.to_json(),
+        "best_epoch": state.best_epoch,
+        "best_val": state.best_score,
+        "metrics": None,
+    }
+    if state.epoch < epochs:
+        say(f"stopped after epoch {state.epoch}/{epochs}; continue with --resume")
+        return result
+    report = final_report(rd, cfg, data)
+    result["metrics"] = summary_metrics(report)
+    val = "n/a" if state.best_score is None else f"{100 * state.best_score:.2f}%"
+    say(f"best epoch {report['best_epoch']} (val IoU {val}); test metrics in {rd.metrics}")
+    return result
+
+
+def _run_epoch(
+    trainer: MSTrainer,
+    data: PreparedData,
+    rd: RunDir,
+    log: Any,
+    state: TrainState,
+    spe: int,
+) -> None:
+    """Train one epoch, validate, keep the best, write the checkpoint; advance ``state``."""
+    cfg = trainer.cfg
+    e = state.epoch  # 0-based index of this epoch
+    trainer.train_mode()
+    t_epoch = time.perf_counter()
+    t_window, n_window = t_epoch, 0
+    sums: dict[str, float] = {}
+    last_good = rd.last if rd.has_checkpoint() else None
+    steps = progress(total=spe, desc=f"epoch {e + 1}", leave=False, unit="step")
+    try:
+        for i, (images, masks) in enumerate(data.batches.epoch(e)):
+            if i >= spe:
+                break
+            lr = lr_at(state.step, spe, cfg.optim, cfg.schedule)
+            values = trainer.step(
+                images,
+                masks,
+                state.step,
+                lr,
+                where=f"epoch {e + 1}, step {state.step + 1}",
+                last_good=last_good,
+            )
+            state.step += 1
+            n_window += images.shape[0]
+            for k, v in values.items():
+                sums[k] = sums.get(k, 0.0) + v
+            steps.update(1)
+            steps.set_postfix(loss=f"{values['loss']:.4f}")
+            if state.step % cfg.train.log_every == 0:
+                now = time.perf_counter()
+                log.log(
+                    {
+                        "kind": "train",
+                        "epoch": e + 1,
+                        "step": state.step,
+                        "lr": lr,
+                        **values,
+                        "images_per_s": n_window / max(now - t_window, 1e-9),
+                    }
+                )
+                t_window, n_window = now, 0
+    finally:
+        steps.close()
+    train_s = time.perf_counter() - t_epoch
+    means = {k: v / spe for k, v in sums.items()}
+    log.log(
+        {
+            "kind": "epoch",
+            "epoch": e + 1,
+            "step": state.step,
+            **{f"mean_{k}": v for k, v in means.items()},
+            "train_s": train_s,
+            "images_per_s": spe * cfg.data.batch_size / max(train_s, 1e-9),
+        }
+    )
+
+    epochs = cfg.schedule.epochs
+    if (e + 1) % cfg.train.eval_every == 0 or e + 1 == epochs:
+        if data.val_ids:
+            metrics = _validate(trainer, data)
+            score = metrics["iou"]
+            score = None if score is None or not math.isfinite(score) else float(score)
+        else:  # no validation part: the latest weights are the best
+            metrics, score = {}, None
+        log.log({"kind": "val", "epoch": e + 1, "step": state.step, **summary_metrics(metrics)})
+        better = (
+            not data.val_ids
+            or state.best_score is None
+            or (score is not None and score > state.best_score)
+        )
+        if better:
+            state.best_score = score if score is not None else state.best_score
+            state.best_epoch = e + 1
+            meta = _weights_metadata(trainer, data, epoch=e + 1, val_iou=score)
+            save_neutral_ms(trainer.student, rd.best, name=cfg.model.name, metadata=meta)
+            write_json_atomic(
+                rd.best_json,
+                {
+                    "epoch": e + 1,
+                    "step": state.step,
+                    "score": "val_iou",
+                    "val_ids": len(data.val_ids),
+                    "val": summary_metrics(metrics) if metrics else None,
+                    "note": None if data.val_ids else "no validation ids: best = latest epoch",
+                },
+            )
+        trainer.train_mode()
+
+    state.epoch = e + 1
+    state.extra = {
+        "backend": BACKEND,
+        "steps_per_epoch": spe,
+        "data": {"next_epoch": state.epoch, "seed": cfg.seed, "rng": "default_rng([seed, epoch])"},
+    }
+    rd.write_checkpoint(state, trainer.write, keep_last=cfg.train.keep_last)

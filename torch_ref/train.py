@@ -1,0 +1,547 @@
+"""PyTorch training: ``irkd train`` (a network alone) and ``irkd distill`` (frozen teacher).
+
+A plain loop that the MindSpore functional step (``ms_impl.train``) mirrors line for line.
+Everything that is not the step itself (data, schedule, noise, run folder, checkpoints,
+validation, test report) comes from :mod:`irkd.engine`, shared by both backends.
+
+Per step::
+
+    lr = lr_at(step, steps_per_epoch, cfg.optim, cfg.schedule)   # set on every param group
+    t_logits, t_feats = teacher.forward_features(x)               # no_grad, eval mode
+    s_logits, s_feats = student.forward_features(x)
+    task = task_loss(s_logits, aux, mask)                         # aux: deep supervision
+    kd, terms = distiller(t_feats, s_feats, t_logits, s_logits, mask, noise_for(seed, step))
+    loss = task + kd
+    check_finite(...)                                             # before any update
+    optimizer.zero_grad(); loss.backward(); optimizer.step()
+
+Which mode: distillation when ``cfg.teacher`` is set and ``cfg.method.name != "none"``;
+otherwise the student (``cfg.model``) is trained alone with the task loss.
+
+Run folder (:class:`irkd.engine.RunDir`): ``config.yaml``, ``log.jsonl``,
+``checkpoints/last/{student,distiller}.safetensors + optimizer.pt + state.json``,
+``best.safetensors`` (student only, neutral names; metadata holds the network kwargs and the
+normalisation), ``best.json``, ``metrics.json`` (test split, best weights).
+
+Resume (``resume=True``) restarts at the epoch after the last checkpoint and reproduces an
+uninterrupted run bit for bit (same machine, same thread count).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from irkd.config import ConfigError, ExperimentConfig
+from irkd.engine import (
+    NonFiniteLossError,
+    PreparedData,
+    RunDir,
+    TrainState,
+    check_finite,
+    check_same_config,
+    evaluate_predictions,
+    is_distill,
+    lr_at,
+    net_kwargs,
+    noise_for,
+    predict_split,
+    prepare_data,
+    progress,
+    steps_per_epoch,
+    summary_metrics,
+)
+from irkd.reports import write_json_atomic
+from irkd.weights import save_neutral
+from irkd.zoo import stage_channels
+from torch_ref.losses import task_loss
+from torch_ref.models import create_model
+from torch_ref.predict import forward_fn, load_network, read_weights
+from torch_ref.weights import load_neutral_torch, save_neutral_torch, state_to_neutral
+
+__all__ = ["NonFiniteLossError", "TorchTrainer", "build_optimizer", "is_distill", "run"]
+
+BACKEND = "pytorch"
+AUX_KEYS = ("aux1", "aux2", "aux3")
+
+
+# ----------------------------------------------------------------------------- building
+
+
+def resolve_device(device: str | torch.device | None = None) -> torch.device:
+    """``device``, else ``$IRKD_DEVICE``, else CUDA when available, else the CPU."""
+    if device is None:
+        device = os.environ.get("IRKD_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def torch_threads() -> int:
+    """Intra-op threads: ``$IRKD_TORCH_THREADS``, else ``$OMP_NUM_THREADS``, else the CPUs
+    this process may run on (``os.sched_getaffinity``, else ``os.cpu_count()``).
+
+    On a machine shared with other busy processes, fewer threads than cores can be much
+    faster (OpenMP threads wait on each other): set ``IRKD_TORCH_THREADS=1`` there.
+    """  # noqa: D205
+    for var in ("IRKD_TORCH_THREADS", "OMP_NUM_THREADS"):
+        value = os.environ.get(var, "").strip()
+        if value.isdigit() and int(value) > 0:
+            return int(value)
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def build_optimizer(params: list[nn.Parameter], optim_cfg: Any) -> torch.optim.Optimizer:
+    """``adamw`` -> AdamW (decoupled decay), ``adam`` -> Adam (L2), ``sgd`` -> SGD (L2)."""
+    o = optim_cfg
+    if o.name == "adamw":
+        return torch.optim.AdamW(
+            params, lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay
+        )
+    if o.name == "adam":
+        return torch.optim.Adam(
+            params, lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay
+        )
+    if o.name == "sgd":
+        return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
+    raise ConfigError(f"optim.name: unknown optimizer {o.name!r}")  # pragma: no cover
+
+
+def load_teacher(cfg: ExperimentConfig) -> nn.Module:
+    """Build the teacher, load its checkpoint strictly and freeze it (eval, no grad).
+
+    Raises:
+        ConfigError: No ``teacher.checkpoint``.
+        WeightsError: The checkpoint does not fit the teacher network.
+    """
+    t = cfg.teacher
+    assert t is not None
+    if not t.checkpoint:
+        raise ConfigError(
+            "teacher.checkpoint: distillation needs the teacher's trained weights "
+            "(a .safetensors or .pt file, e.g. a teacher run's best.safetensors)"
+        )
+    path = Path(t.checkpoint)
+    if not path.is_file():
+        raise FileNotFoundError(f"teacher checkpoint {path} not found")
+    teacher = load_network(t.name, path, **t.kwargs)
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    teacher.eval()
+    return teacher
+
+
+class TorchTrainer:
+    """The student, the frozen teacher, the distiller and the optimizer of a run.
+
+    Attributes:
+        cfg: The experiment.
+        student: The network being trained.
+        teacher: The frozen teacher (None when training alone).
+        distiller: ``build_distiller(...)`` (None when training alone).
+        optimizer: Over the student's and the distiller's parameters only.
+        student_kwargs: The student's constructor kwargs (stored with the best weights).
+    """
+
+    def __init__(self, cfg: ExperimentConfig, device: str | torch.device | None = None) -> None:
+        self.cfg = cfg
+        self.device = resolve_device(device)
+        distill = is_distill(cfg)
+        self.teacher = load_teacher(cfg) if distill else None
+        self.student_kwargs = net_kwargs(cfg.model, deep_supervision=cfg.train.deep_supervision)
+        torch.manual_seed(cfg.seed)
+        self.student = create_model(cfg.model.name, **self.student_kwargs)
+        if cfg.model.checkpoint:
+            arrays, _ = read_weights(cfg.model.checkpoint)
+            load_neutral_torch(self.student, arrays, network=cfg.model.name)
+        self.distiller = None
+        if distill:
+            from torch_ref.distill import build_distiller
+
+            assert cfg.teacher is not None
+            self.distiller = build_distiller(
+                cfg.method,
+                stage_channels(cfg.teacher.name, **cfg.teacher.kwargs),
+                stage_channels(cfg.model.name, **cfg.model.kwargs),
+            )
+        self.student.to(self.device)
+        if self.teacher is not None:
+            self.teacher.to(self.device)
+        if self.distiller is not None:
+            self.distiller.to(self.device)
+        params = list(self.student.parameters())
+        if self.distiller is not None:
+            params += list(self.distiller.parameters())
+        self.optimizer = build_optimizer(params, cfg.optim)
+
+    def train_mode(self) -> None:
+        """Student and distiller in train mode; the teacher stays in eval mode."""
+        self.student.train()
+        if self.distiller is not None:
+            self.distiller.train()
+        if self.teacher is not None:
+            self.teacher.eval()
+
+    def losses(
+        self, images: np.ndarray, masks: np.ndarray, step: int
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Forward pass of one batch: ``(loss, terms)`` (``task``, ``kd``, ``kd/<stage>``)."""
+        x = torch.from_numpy(images).to(self.device)
+        m = torch.from_numpy(masks).to(self.device)
+        t_logits = t_feats = None
+        if self.teacher is not None:
+            with torch.no_grad():
+                t_logits, t_feats = self.teacher.forward_features(x)
+        s_logits, s_feats = self.student.forward_features(x)
+        aux = tuple(s_feats[k] for k in AUX_KEYS if k in s_feats)
+        task = task_loss(s_logits, aux, m)
+        terms: dict[str, torch.Tensor] = {"task": task}
+        loss = task
+        if self.distiller is not None:
+            b, _, h, w = images.shape
+            noise = tuple(
+                torch.from_numpy(a).to(self.device)
+                for a in noise_for(self.cfg.seed, step, self.distiller.noise_shapes(b, h, w))
+            )
+            kd, stage_terms = self.distiller(t_feats, s_feats, t_logits, s_logits, m, noise)
+            loss = task + kd
+            terms["kd"] = kd
+            for name, value in zip(self.distiller.stages, stage_terms, strict=True):
+                terms[f"kd/{name}"] = value
+        return loss, terms
+
+    def step(
+        self,
+        images: np.ndarray,
+        masks: np.ndarray,
+        step: int,
+        lr: float,
+        *,
+        where: str,
+        last_good: Path | None = None,
+    ) -> dict[str, float]:
+        """One optimizer step; returns the loss and its terms as floats.
+
+        Raises:
+            NonFiniteLossError: The loss or a term is NaN/Inf (no parameter is updated).
+        """
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        loss, terms = self.losses(images, masks, step)
+        values = {"loss": float(loss.detach())}
+        values.update({k: float(v.detach()) for k, v in terms.items()})
+        check_finite(values, where=where, last_good=last_good)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return values
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def write(self, folder: Path) -> None:
+        """Store student, distiller and optimizer (plus torch RNG) in ``folder``."""
+        save_neutral_torch(self.student, folder / "student.safetensors", name=self.cfg.model.name)
+        if self.distiller is not None:
+            arrays = state_to_neutral(self.distiller)
+            if arrays:
+                save_neutral(folder / "distiller.safetensors", arrays, source="torch")
+        torch.save(
+            {"optimizer": self.optimizer.state_dict(), "torch_rng": torch.get_rng_state()},
+            folder / "optimizer.pt",
+        )
+
+    def read(self, folder: Path) -> None:
+        """Restore what :meth:`write` stored (strictly)."""
+        load_neutral_torch(self.student, folder / "student.safetensors")
+        if self.distiller is not None and state_to_neutral(self.distiller):
+            load_neutral_torch(self.distiller, folder / "distiller.safetensors")
+        blob = torch.load(folder / "optimizer.pt", map_location="cpu", weights_only=True)
+        self.optimizer.load_state_dict(blob["optimizer"])
+        torch.set_rng_state(blob["torch_rng"])
+
+
+# ----------------------------------------------------------------------------- the run
+
+
+def _validate(trainer: TorchTrainer, data: PreparedData) -> dict[str, Any]:
+    trainer.student.eval()
+    preds = predict_split(
+        data.val_set,
+        forward_fn(trainer.student),
+        mean=data.mean,
+        std=data.std,
+        multiple=data.multiple,
+        desc="val",
+    )
+    return evaluate_predictions(preds)["metrics"]
+
+
+def _weights_metadata(trainer: TorchTrainer, data: PreparedData, **extra: Any) -> dict[str, Any]:
+    cfg = trainer.cfg
+    return {
+        "kwargs": trainer.student_kwargs,
+        "mean": data.mean,
+        "std": data.std,
+        "eval_multiple": data.multiple,
+        "data_root": str(data.root),
+        "run": cfg.name,
+        "method": cfg.method.name if is_distill(cfg) else "none",
+        "teacher": cfg.teacher.name if is_distill(cfg) and cfg.teacher else None,
+        "backend": BACKEND,
+        **extra,
+    }
+
+
+def final_report(
+    run: RunDir, cfg: ExperimentConfig, data: PreparedData, device: torch.device | None = None
+) -> dict[str, Any]:
+    """Evaluate ``best.safetensors`` in a bare student on the TEST split; write metrics.json."""
+    net = load_network(cfg.model.name, run.best).to(device or "cpu")
+    test = data.test_set()
+    result = evaluate_predictions(
+        predict_split(
+            test,
+            forward_fn(net),
+            mean=data.mean,
+            std=data.std,
+            multiple=data.multiple,
+            desc="test",
+        )
+    )
+    best = {}
+    if run.best_json.is_file():
+        best = json.loads(run.best_json.read_text())
+    out = {
+        "split": "test",
+        "dataset": str(data.root),
+        "weights": str(run.best),
+        "network": cfg.model.name,
+        "best_epoch": best.get("epoch"),
+        **summary_metrics(result["metrics"]),
+        "metrics": result["metrics"],
+        "roc": result["roc"],
+    }
+    write_json_atomic(run.metrics, out)
+    return out
+
+
+def run(
+    cfg: ExperimentConfig,
+    run_dir: str | os.PathLike[str],
+    *,
+    resume: bool = False,
+    cache_dir: str | os.PathLike[str] = "runs/_data",
+    synth_size: int = 256,
+    stop_after: int | None = None,
+    quiet: bool = False,
+    device: str | torch.device | None = None,
+) -> dict[str, Any]:
+    """Train (or distill) a network with PyTorch and report on the test split.
+
+    Args:
+        cfg: The experiment (``cfg.backend`` is not checked here: the CLI dispatches on it).
+        run_dir: The run folder (created).
+        resume: Continue from ``run_dir/checkpoints/last`` (the next epoch after it).
+        cache_dir: Where the synthetic dataset is generated when ``data.root`` is None.
+        synth_size: Image side of the synthetic dataset.
+        stop_after: Stop once this many epochs are complete, without the final report (a
+            planned interruption; ``--resume`` continues). None: run to ``schedule.epochs``.
+        quiet: Print nothing.
+        device: Torch device (default: ``$IRKD_DEVICE``, else CUDA when available, else
+            CPU). Bit-exact resume is checked on the CPU.
+
+    Returns:
+        ``{"run_dir", "state", "best_epoch", "best_val", "metrics"}`` (``metrics``: the test
+        figures, None when stopped early).
+
+    Raises:
+        NonFiniteLossError: A NaN/Inf loss; the last good checkpoint is left untouched.
+        ConfigError, DatasetError, WeightsError, FileNotFoundError: Bad inputs.
+    """
+    torch.set_num_threads(torch_threads())
+    say = (lambda *a: None) if quiet else (lambda *a: print(*a, file=sys.stderr))
+    rd = RunDir(run_dir)
+    if resume:
+        check_same_config(rd, cfg)
+        state = rd.read_state()
+    else:
+        if rd.has_checkpoint():
+            raise FileExistsError(
+                f"{rd.path} already holds a run (checkpoints/last): pass --resume to continue "
+                "it, or choose another --out folder"
+            )
+        state = TrainState()
+    rd.save_config(cfg)
+
+    data = prepare_data(cfg, cache_dir, synth_size=synth_size)
+    spe = steps_per_epoch(data.batches, cfg.schedule)
+    trainer = TorchTrainer(cfg, device)
+    if resume:
+        saved_spe = state.extra.get("steps_per_epoch")
+        if saved_spe is not None and int(saved_spe) != spe:
+            raise ConfigError(
+                f"--resume: {spe} steps per epoch now, {saved_spe} when the checkpoint was "
+                "written (the data or batch size changed)"
+            )
+        trainer.read(rd.last)
+        rd.trim_log(state.epoch)
+        say(f"resuming {rd.path} after epoch {state.epoch} (step {state.step})")
+
+    epochs = cfg.schedule.epochs
+    last_epoch = epochs if stop_after is None else min(epochs, stop_after)
+    mode = f"distill {cfg.method.name}" if is_distill(cfg) else "train"
+    with rd.logger() as log:
+        if state.epoch == 0:
+            log.log(
+                {
+                    "kind": "start",
+                    "backend": BACKEND,
+                    "mode": mode,
+                    "student": cfg.model.name,
+                    "teacher": cfg.teacher.name if is_distill(cfg) and cfg.teacher else None,
+                    "steps_per_epoch": spe,
+                    "data": data.info(),
+                    "threads": torch.get_num_threads(),
+                    "device": str(trainer.device),
+                }
+            )
+        bar = progress(total=epochs, desc=f"{cfg.name} [{mode}]", initial=state.epoch, unit="ep")
+        try:
+            while state.epoch < last_epoch:
+                _run_epoch(trainer, data, rd, log, state, spe)
+                bar.update(1)
+                if state.best_score is not None:
+                    bar.set_postfix(best_iou=f"{state.best_score:.4f}", ep=state.best_epoch)
+        finally:
+            bar.close()
+
+    result: dict[str, Any] = {
+        "run_dir": str(rd.path),
+        "state": state.to_json(),
+        "best_epoch": state.best_epoch,
+        "best_val": state.best_score,
+        "metrics": None,
+    }
+    if state.epoch < epochs:
+        say(f"stopped after epoch {state.epoch}/{epochs}; continue with --resume")
+        return result
+    report = final_report(rd, cfg, data, trainer.device)
+    result["metrics"] = summary_metrics(report)
+    val = "n/a" if state.best_score is None else f"{100 * state.best_score:.2f}%"
+    say(f"best epoch {report['best_epoch']} (val IoU {val}); test metrics in {rd.metrics}")
+    return result
+
+
+def _run_epoch(
+    trainer: TorchTrainer,
+    data: PreparedData,
+    rd: RunDir,
+    log: Any,
+    state: TrainState,
+    spe: int,
+) -> None:
+    """Train one epoch, validate, keep the best, write the checkpoint; advance ``state``."""
+    cfg = trainer.cfg
+    e = state.epoch  # 0-based index of this epoch
+    trainer.train_mode()
+    t_epoch = time.perf_counter()
+    t_window, n_window = t_epoch, 0
+    sums: dict[str, float] = {}
+    last_good = rd.last if rd.has_checkpoint() else None
+    steps = progress(total=spe, desc=f"epoch {e + 1}", leave=False, unit="step")
+    try:
+        for i, (images, masks) in enumerate(data.batches.epoch(e)):
+            if i >= spe:
+                break
+            lr = lr_at(state.step, spe, cfg.optim, cfg.schedule)
+            values = trainer.step(
+                images,
+                masks,
+                state.step,
+                lr,
+                where=f"epoch {e + 1}, step {state.step + 1}",
+                last_good=last_good,
+            )
+            state.step += 1
+            n_window += images.shape[0]
+            for k, v in values.items():
+                sums[k] = sums.get(k, 0.0) + v
+            steps.update(1)
+            steps.set_postfix(loss=f"{values['loss']:.4f}")
+            if state.step % cfg.train.log_every == 0:
+                now = time.perf_counter()
+                log.log(
+                    {
+                        "kind": "train",
+                        "epoch": e + 1,
+                        "step": state.step,
+                        "lr": lr,
+                        **values,
+                        "images_per_s": n_window / max(now - t_window, 1e-9),
+                    }
+                )
+                t_window, n_window = now, 0
+    finally:
+        steps.close()
+    train_s = time.perf_counter() - t_epoch
+    means = {k: v / spe for k, v in sums.items()}
+    log.log(
+        {
+            "kind": "epoch",
+            "epoch": e + 1,
+            "step": state.step,
+            **{f"mean_{k}": v for k, v in means.items()},
+            "train_s": train_s,
+            "images_per_s": spe * cfg.data.batch_size / max(train_s, 1e-9),
+        }
+    )
+
+    epochs = cfg.schedule.epochs
+    if (e + 1) % cfg.train.eval_every == 0 or e + 1 == epochs:
+        if data.val_ids:
+            metrics = _validate(trainer, data)
+            score = metrics["iou"]
+            score = None if score is None or not math.isfinite(score) else float(score)
+        else:  # no validation part: the latest weights are the best
+            metrics, score = {}, None
+        log.log({"kind": "val", "epoch": e + 1, "step": state.step, **summary_metrics(metrics)})
+        better = (
+            not data.val_ids
+            or state.best_score is None
+            or (score is not None and score > state.best_score)
+        )
+        if better:
+            state.best_score = score if score is not None else state.best_score
+            state.best_epoch = e + 1
+            meta = _weights_metadata(trainer, data, epoch=e + 1, val_iou=score)
+            save_neutral_torch(trainer.student, rd.best, name=cfg.model.name, metadata=meta)
+            write_json_atomic(
+                rd.best_json,
+                {
+                    "epoch": e + 1,
+                    "step": state.step,
+                    "score": "val_iou",
+                    "val_ids": len(data.val_ids),
+                    "val": summary_metrics(metrics) if metrics else None,
+                    "note": None if data.val_ids else "no validation ids: best = latest epoch",
+                },
+            )
+        trainer.train_mode()
+
+    state.epoch = e + 1
+    state.extra = {
+        "backend": BACKEND,
+        "steps_per_epoch": spe,
+        "data": {"next_epoch": state.epoch, "seed": cfg.seed, "rng": "default_rng([seed, epoch])"},
+    }
+    rd.write_checkpoint(state, trainer.write, keep_last=cfg.train.keep_last)
