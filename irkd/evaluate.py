@@ -131,7 +131,8 @@ def write_eval_report(
         "samples": [s.id for s in samples],
     }
     write_json_atomic(out / "metrics.json", report)
-    plot_roc({title or "model": roc}, out / "roc.png", title=title)
+    # Log Fa axis: the curve spans several decades (threshold 0 marks every pixel).
+    plot_roc({title or "model": roc}, out / "roc.png", title=title, log_x=True)
     for s in samples:
         render_sample(s, out / "samples" / f"{s.id}.png")
     return report
