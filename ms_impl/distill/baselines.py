@@ -23,13 +23,14 @@ fully merged dict is accepted too) and an unknown key raises ``ValueError``.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from typing import Any
 
 import mindspore as ms
 from mindspore import nn, ops
 from mindspore.common.initializer import HeNormal
+
+from irkd.methods import BASELINE_DEFAULTS, resolve_params  # noqa: F401
 
 from .method import mask_to
 
@@ -45,103 +46,11 @@ __all__ = [
     "LogitKDLoss",
 ]
 
-BASELINE_DEFAULTS: dict[str, dict[str, float]] = {
-    # FitNets (Romero et al., ICLR 2015): the hint loss 1/2 ||u_h - r(v_g)||^2 is trained in a
-    # stage of its own, without a relative weight; here a mean squared error with weight 1.0
-    # (mmrazor's MSE/L2 distillation losses also default to loss_weight=1.0).
-    "fitnet": {"loss_weight": 1.0},
-    # AT (Zagoruyko & Komodakis, ICLR 2017), Sec. 4.1: beta is set to 10^3 divided by the
-    # number of elements of the attention map and the batch size; the authors' code
-    # (szagoruyko/attention-transfer, cifar.py: at_loss = (at(x) - at(y)).pow(2).mean(), times
-    # opt.beta) realises that division as the mean, so loss_weight = beta = 1000.
-    "at": {"loss_weight": 1000.0},
-    # CWD (Shu et al., ICCV 2021): the segmentation configs of the authors' code
-    # (pppppM/mmsegmentation-distiller cwd_psp_r101-d8_distill_psp_r18_d8_512_1024_80k_
-    # cityscapes.py: tau=1.0, weight=5.0) and of mmrazor (cwd_logits_pspnet_r101_d8_pspnet_
-    # r18_d8_512x1024_cityscapes_80k.py: tau=1, loss_weight=5).
-    "cwd": {"tau": 1.0, "loss_weight": 5.0},
-    # PKD (Cao et al., NeurIPS 2022), mmrazor PKDLoss (mmrazor/models/losses/pkd_loss.py):
-    # loss_weight defaults to 1.0 (its COCO detection configs raise it to 6 for Faster R-CNN
-    # and 10 for RetinaNet, to balance several detection losses).
-    "pkd": {"loss_weight": 1.0},
-    # MGD (Yang et al., ECCV 2022), the authors' segmentation code (yzd-v/MGD seg/mmseg/
-    # distillation/losses/mgd.py and seg/configs/distillers/mgd/*_city.py): alpha_mgd=2e-5,
-    # lambda_mgd=0.75 (their detection configs use lambda_mgd=0.65, classification 0.5/0.15).
-    "mgd": {"alpha_mgd": 2e-5, "lambda_mgd": 0.75},
-    # FGD (Yang et al., CVPR 2022), the authors' FeatureLoss defaults (yzd-v/FGD mmdet/
-    # distillation/losses/fgd.py, also mmrazor's FGDLoss): temp=0.5, alpha_fgd=0.001,
-    # beta_fgd=0.0005, gamma_fgd=0.001, lambda_fgd=0.000005 (their RetinaNet configs use
-    # gamma_fgd=0.0005, the two-stage ones smaller values).
-    "fgd": {
-        "temp": 0.5,
-        "alpha_fgd": 0.001,
-        "beta_fgd": 0.0005,
-        "gamma_fgd": 0.001,
-        "lambda_fgd": 0.000005,
-    },
-    # Pixel-wise KD of Liu et al., "Structured Knowledge Distillation for Semantic
-    # Segmentation" (CVPR 2019; irfanICMLL/structure_knowledge_distillation,
-    # utils/train_options.py --lambda-pi 10.0, no temperature, i.e. tau = 1), in its binary
-    # (sigmoid) form. Their loss sums over the batch where this one averages.
-    "logit_kd": {"tau": 1.0, "loss_weight": 10.0},
-}
-"""Published default hyperparameters of each baseline (method name -> params)."""
 
 # Ranges the hyperparameters must lie in: (low, high, low is allowed).
-_RANGES: dict[str, tuple[float, float, bool]] = {
-    "loss_weight": (0.0, math.inf, True),
-    "tau": (0.0, math.inf, False),
-    "temp": (0.0, math.inf, False),
-    "alpha_mgd": (0.0, math.inf, True),
-    "lambda_mgd": (0.0, 1.0, True),
-    "alpha_fgd": (0.0, math.inf, True),
-    "beta_fgd": (0.0, math.inf, True),
-    "gamma_fgd": (0.0, math.inf, True),
-    "lambda_fgd": (0.0, math.inf, True),
-}
 
 _AT_EPS = 1e-12  # F.normalize's guard of the attention map's L2 norm
 _PKD_EPS = 1e-6  # mmrazor PKDLoss: (x - mean) / (std + 1e-6)
-
-
-def resolve_params(name: str, params: Mapping[str, Any] | None) -> dict[str, float]:
-    """Merge ``params`` over ``BASELINE_DEFAULTS[name]`` and validate them.
-
-    Args:
-        name: Baseline name (a key of ``BASELINE_DEFAULTS``).
-        params: Overrides (or a fully merged dict); ``None`` means none.
-
-    Returns:
-        The merged hyperparameters, as floats.
-
-    Raises:
-        ValueError: Unknown baseline, unknown key (the message names it and lists the valid
-            ones), a value that is not a number, or one out of range.
-    """
-    if name not in BASELINE_DEFAULTS:
-        raise ValueError(
-            f"unknown baseline {name!r}; valid baselines: {', '.join(sorted(BASELINE_DEFAULTS))}"
-        )
-    defaults = BASELINE_DEFAULTS[name]
-    params = dict(params or {})
-    unknown = sorted(set(params) - set(defaults))
-    if unknown:
-        raise ValueError(
-            f"unknown parameter {unknown[0]!r} for baseline {name!r}; "
-            f"valid parameters: {', '.join(sorted(defaults))}"
-        )
-    out: dict[str, float] = {}
-    for key, default in defaults.items():
-        value = params.get(key, default)
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ValueError(f"{name}.{key} must be a number, got {value!r}")
-        value = float(value)
-        low, high, closed = _RANGES[key]
-        if not math.isfinite(value) or value > high or value < low or (value == low and not closed):
-            bound = "[" if closed else "("
-            raise ValueError(f"{name}.{key} must lie in {bound}{low}, {high}], got {value!r}")
-        out[key] = value
-    return out
 
 
 def _check_channels(t_channels: int) -> int:

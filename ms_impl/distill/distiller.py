@@ -20,15 +20,15 @@ teacher.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
-from typing import Any
 
 from mindspore import Tensor, nn, ops
 
 from irkd.config import MethodConfig
+from irkd.methods import stage_channel as _channels
+from irkd.methods import stage_params, stage_stride  # noqa: F401
 
-from .method import Connector, MSAAWMSELoss, msa_awmse_params, msa_map
+from .method import Connector, MSAAWMSELoss, msa_map
 
 __all__ = [
     "METHODS",
@@ -55,7 +55,6 @@ METHODS: tuple[str, ...] = ("none", *_LOSSES)
 """Valid ``MethodConfig.name`` values."""
 
 _NOISE_METHODS = ("mgd",)  # stage losses fed a uniform (B, 1, h, w) noise tensor
-_STAGE_RE = re.compile(r"^(enc|dec)(\d+)$")
 
 
 def loss_class(name: str) -> type[nn.Cell]:
@@ -71,51 +70,6 @@ def loss_class(name: str) -> type[nn.Cell]:
     from . import baselines
 
     return getattr(baselines, _LOSSES[name])
-
-
-def stage_params(method: MethodConfig) -> dict[str, Any]:
-    """The ``params`` every stage loss of ``method`` is built with.
-
-    For ``msa_awmse`` they come from the method's own config fields (:func:`msa_awmse_params`)
-    and ``method.params`` must be empty (one place per option). For a baseline they are
-    ``method.params`` as given; each baseline fills in its own defaults
-    (``baselines.BASELINE_DEFAULTS``).
-
-    Raises:
-        ValueError: ``params`` given for ``msa_awmse``.
-    """
-    if method.name == "msa_awmse":
-        if method.params:
-            raise ValueError(
-                "method.params must be empty for msa_awmse (its options are the method's own "
-                f"fields: normalize, msa.*, awmse, alpha, beta, ...); got {sorted(method.params)}"
-            )
-        return msa_awmse_params(method)
-    return dict(method.params)
-
-
-def stage_stride(name: str) -> int:
-    """Stride of a stage feature named by ``irkd.zoo``'s scheme (``enc{i}``/``dec{i}``: 2**i).
-
-    ``logits`` (logit KD) has stride 1.
-
-    Raises:
-        ValueError: A name outside that scheme.
-    """
-    if name == "logits":
-        return 1
-    match = _STAGE_RE.match(name)
-    if match is None:
-        raise ValueError(f"cannot tell the stride of stage {name!r} (expected enc<i> or dec<i>)")
-    return 2 ** int(match.group(2))
-
-
-def _channels(which: str, channels: Mapping[str, int], stage: str) -> int:
-    if stage not in channels:
-        raise ValueError(
-            f"stage {stage!r} is not a {which} stage; {which} stages: {', '.join(channels)}"
-        )
-    return int(channels[stage])
 
 
 class Distiller(nn.Cell):

@@ -33,7 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from irkd.config import MethodConfig
+from irkd.methods import MSA_AWMSE_DEFAULTS, msa_awmse_params  # noqa: F401
+from irkd.methods import check_msa_awmse_params as _check_params
 
 __all__ = [
     "mask_to",
@@ -190,56 +191,6 @@ class Connector(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """Connected student feature (B, Ct, H, W)."""
         return self.bn(self.conv(x))
-
-
-def msa_awmse_params(method: MethodConfig) -> dict[str, Any]:
-    """The :class:`MSAAWMSELoss` parameters of a :class:`~irkd.config.MethodConfig`."""
-    msa = method.msa
-    return {
-        "msa": bool(msa.enabled),
-        "scales": [int(k) for k in msa.scales],
-        "fusion": str(msa.fusion),
-        "tau": float(msa.tau),
-        "on_student": bool(msa.on_student),
-        "msa_eps": float(msa.eps),
-        "normalize": str(method.normalize),
-        "l2_eps": float(method.l2_eps),
-        "awmse": bool(method.awmse),
-        "alpha": float(method.alpha),
-        "beta": float(method.beta),
-        "use_mask": bool(method.use_mask),
-        "awmse_eps": float(method.awmse_eps),
-    }
-
-
-MSA_AWMSE_DEFAULTS: dict[str, Any] = msa_awmse_params(MethodConfig())
-"""Defaults of :class:`MSAAWMSELoss` (those of ``MethodConfig``, DESIGN.md section 2)."""
-
-
-def _check_params(params: Mapping[str, Any] | None) -> dict[str, Any]:
-    """Merge ``params`` over the defaults and validate them (the same checks on both sides)."""
-    params = dict(params or {})
-    unknown = sorted(set(params) - set(MSA_AWMSE_DEFAULTS))
-    if unknown:
-        raise ValueError(
-            f"MSAAWMSELoss: unknown parameter(s) {unknown}; valid: {sorted(MSA_AWMSE_DEFAULTS)}"
-        )
-    p = {**MSA_AWMSE_DEFAULTS, **params}
-    scales = tuple(int(k) for k in p["scales"])
-    if not scales or any(k < 1 or k % 2 == 0 for k in scales):
-        raise ValueError(f"MSAAWMSELoss: scales must be odd and >= 1, got {list(scales)}")
-    if p["fusion"] not in ("mean", "max"):
-        raise ValueError(f"MSAAWMSELoss: fusion must be 'mean' or 'max', got {p['fusion']!r}")
-    if p["normalize"] not in ("l2", "none"):
-        raise ValueError(f"MSAAWMSELoss: normalize must be 'l2' or 'none', got {p['normalize']!r}")
-    for key in ("tau", "msa_eps", "l2_eps", "awmse_eps"):
-        if not float(p[key]) > 0:
-            raise ValueError(f"MSAAWMSELoss: {key} must be > 0, got {p[key]!r}")
-    for key in ("alpha", "beta"):
-        if not float(p[key]) >= 0:
-            raise ValueError(f"MSAAWMSELoss: {key} must be >= 0, got {p[key]!r}")
-    p["scales"] = scales
-    return p
 
 
 class MSAAWMSELoss(nn.Module):
