@@ -558,7 +558,16 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``irkd`` console script; returns the exit status."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    # argparse stops filling a positional list at the first option, so
+    # `irkd train cfg.yaml --out DIR key=value` leaves key=value over: keep such overrides.
+    if extra:
+        if hasattr(args, "overrides") and all(
+            "=" in e and not e.startswith("-") for e in extra
+        ):
+            args.overrides = [*(args.overrides or []), *extra]
+        else:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return int(args.func(args))
     except KeyboardInterrupt:
