@@ -562,9 +562,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # argparse stops filling a positional list at the first option, so
     # `irkd train cfg.yaml --out DIR key=value` leaves key=value over: keep such overrides.
     if extra:
-        if hasattr(args, "overrides") and all(
-            "=" in e and not e.startswith("-") for e in extra
-        ):
+        if hasattr(args, "overrides") and all("=" in e and not e.startswith("-") for e in extra):
             args.overrides = [*(args.overrides or []), *extra]
         else:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")

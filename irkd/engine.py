@@ -37,6 +37,15 @@ API (in the order a training loop uses it):
   probabilities of full padded images cropped back, scored with
   :class:`irkd.metrics.IRSTDMetrics`.
 - :func:`progress`: tqdm bars (auto-disabled when stderr is not a TTY).
+- :func:`run_training` ``(cfg, run_dir, make_trainer, *, resume, cache_dir, synth_size,
+  stop_after, quiet) -> dict``: a whole run (run folder and resume checks, data, epochs,
+  log records, progress bars, test report) around a backend's :class:`Trainer` (the
+  protocol ``torch_ref.train.TorchTrainer`` and ``ms_impl.train.MSTrainer`` follow:
+  ``backend``, ``cfg``, ``student_kwargs``; ``train_mode``, ``step``, ``write``, ``read``,
+  ``eval_forward``, ``save_best``, ``bare_forward``, ``run_info``). Its pieces:
+  :func:`run_epoch` (train, validate, keep the best, checkpoint), :func:`validate`,
+  :func:`weights_metadata`, :func:`final_report` (best weights on the TEST split,
+  ``metrics.json``).
 
 Conventions: epochs are 0-based in code and in ``state.json`` (``TrainState.epoch`` counts
 completed epochs); log records carry ``epoch`` 1-based (the epoch being run, as the
@@ -53,10 +62,11 @@ import os
 import shutil
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 from tqdm import tqdm
@@ -90,23 +100,30 @@ __all__ = [
     "net_kwargs",
     "check_same_config",
     "Evaluator",
+    "Forward",
     "JsonlLogger",
     "NonFiniteLossError",
     "PreparedData",
     "RunDir",
     "TrainState",
+    "Trainer",
     "atomic_dir",
     "check_finite",
     "evaluate_predictions",
+    "final_report",
     "lr_at",
     "noise_for",
     "predict_split",
     "prepare_data",
     "progress",
     "resolve_dataset",
+    "run_epoch",
+    "run_training",
     "sigmoid",
     "steps_per_epoch",
     "subset",
+    "validate",
+    "weights_metadata",
 ]
 
 NOISE_SALT = 7
@@ -830,3 +847,364 @@ def check_same_config(run: RunDir, cfg: ExperimentConfig) -> None:
             f"--resume: the config differs from {run.config} in {', '.join(diff)}; "
             "resume with the run's own config.yaml"
         )
+
+
+# ----------------------------------------------------------------------------- the run
+
+Forward = Callable[[np.ndarray], np.ndarray]
+"""A numpy -> numpy logits callable, ``(1, 1, H, W)`` float32 in and out."""
+
+
+class Trainer(Protocol):
+    """What :func:`run_training` needs from a backend (``TorchTrainer``, ``MSTrainer``).
+
+    Attributes:
+        backend: Backend name written to the log, the checkpoint state and the best
+            weights' metadata (``pytorch``, ``mindspore``).
+        cfg: The experiment.
+        student_kwargs: The student's constructor kwargs (stored with the best weights).
+    """
+
+    backend: str
+    cfg: ExperimentConfig
+    student_kwargs: dict[str, Any]
+
+    def train_mode(self) -> None:
+        """Student and distiller in train mode (the teacher stays in eval mode)."""
+        ...
+
+    def step(
+        self,
+        images: np.ndarray,
+        masks: np.ndarray,
+        step: int,
+        lr: float,
+        *,
+        where: str,
+        last_good: Path | None = None,
+    ) -> dict[str, float]:
+        """One optimizer step at ``lr``; returns ``loss`` and its terms as floats.
+
+        Raises:
+            NonFiniteLossError: A NaN/Inf loss or term (no parameter is updated).
+        """
+        ...
+
+    def write(self, folder: Path) -> None:
+        """Store the checkpoint files (weights, optimizer state) in ``folder``."""
+        ...
+
+    def read(self, folder: Path) -> None:
+        """Restore what :meth:`write` stored."""
+        ...
+
+    def eval_forward(self) -> Forward:
+        """The current student, put in eval mode, as a logits :data:`Forward`."""
+        ...
+
+    def save_best(self, path: Path, metadata: dict[str, Any]) -> None:
+        """Save the student's weights (neutral names) with ``metadata`` to ``path``."""
+        ...
+
+    def bare_forward(self, path: Path) -> Forward:
+        """A fresh student loaded from the weights file ``path``, as a :data:`Forward`."""
+        ...
+
+    def run_info(self) -> dict[str, Any]:
+        """Execution facts for the ``start`` log record: ``threads`` and ``device``."""
+        ...
+
+
+def run_training(
+    cfg: ExperimentConfig,
+    run_dir: str | os.PathLike[str],
+    make_trainer: Callable[[], Trainer],
+    *,
+    resume: bool = False,
+    cache_dir: str | os.PathLike[str] = "runs/_data",
+    synth_size: int = 256,
+    stop_after: int | None = None,
+    quiet: bool = False,
+) -> dict[str, Any]:
+    """Train (or distill) with a backend's trainer and report on the test split.
+
+    The whole run around the train step: run folder, resume checks, data, epochs
+    (:func:`run_epoch`), progress bars, log records and the final report
+    (:func:`final_report`).
+
+    Args:
+        cfg: The experiment.
+        run_dir: The run folder (created).
+        make_trainer: Builds the trainer; called once, after the run folder checks and
+            the data preparation.
+        resume: Continue from ``run_dir/checkpoints/last`` (the next epoch after it).
+        cache_dir: Where the synthetic dataset is generated when ``data.root`` is None.
+        synth_size: Image side of the synthetic dataset.
+        stop_after: Stop once this many epochs are complete, without the final report.
+            None: run to ``schedule.epochs``.
+        quiet: Print nothing.
+
+    Returns:
+        ``{"run_dir", "state", "best_epoch", "best_val", "metrics"}`` (``metrics``: the test
+        figures, None when stopped early).
+
+    Raises:
+        NonFiniteLossError: A NaN/Inf loss; the last good checkpoint is left untouched.
+        FileExistsError: ``run_dir`` already holds a run and ``resume`` is False.
+        ConfigError: On resume, a different config or number of steps per epoch.
+    """
+    say = (lambda *a: None) if quiet else (lambda *a: print(*a, file=sys.stderr))
+    rd = RunDir(run_dir)
+    if resume:
+        check_same_config(rd, cfg)
+        state = rd.read_state()
+    else:
+        if rd.has_checkpoint():
+            raise FileExistsError(
+                f"{rd.path} already holds a run (checkpoints/last): pass --resume to continue "
+                "it, or choose another --out folder"
+            )
+        state = TrainState()
+    rd.save_config(cfg)
+
+    data = prepare_data(cfg, cache_dir, synth_size=synth_size)
+    spe = steps_per_epoch(data.batches, cfg.schedule)
+    trainer = make_trainer()
+    if resume:
+        saved_spe = state.extra.get("steps_per_epoch")
+        if saved_spe is not None and int(saved_spe) != spe:
+            raise ConfigError(
+                f"--resume: {spe} steps per epoch now, {saved_spe} when the checkpoint was "
+                "written (the data or batch size changed)"
+            )
+        trainer.read(rd.last)
+        rd.trim_log(state.epoch)
+        say(f"resuming {rd.path} after epoch {state.epoch} (step {state.step})")
+
+    epochs = cfg.schedule.epochs
+    last_epoch = epochs if stop_after is None else min(epochs, stop_after)
+    mode = f"distill {cfg.method.name}" if is_distill(cfg) else "train"
+    with rd.logger() as log:
+        if state.epoch == 0:
+            log.log(
+                {
+                    "kind": "start",
+                    "backend": trainer.backend,
+                    "mode": mode,
+                    "student": cfg.model.name,
+                    "teacher": cfg.teacher.name if is_distill(cfg) and cfg.teacher else None,
+                    "steps_per_epoch": spe,
+                    "data": data.info(),
+                    **trainer.run_info(),
+                }
+            )
+        bar = progress(total=epochs, desc=f"{cfg.name} [{mode}]", initial=state.epoch, unit="ep")
+        try:
+            while state.epoch < last_epoch:
+                run_epoch(trainer, data, rd, log, state, spe)
+                bar.update(1)
+                if state.best_score is not None:
+                    bar.set_postfix(best_iou=f"{state.best_score:.4f}", ep=state.best_epoch)
+        finally:
+            bar.close()
+
+    result: dict[str, Any] = {
+        "run_dir": str(rd.path),
+        "state": state.to_json(),
+        "best_epoch": state.best_epoch,
+        "best_val": state.best_score,
+        "metrics": None,
+    }
+    if state.epoch < epochs:
+        say(f"stopped after epoch {state.epoch}/{epochs}; continue with --resume")
+        return result
+    report = final_report(rd, cfg, data, trainer.bare_forward(rd.best))
+    result["metrics"] = summary_metrics(report)
+    val = "n/a" if state.best_score is None else f"{100 * state.best_score:.2f}%"
+    say(f"best epoch {report['best_epoch']} (val IoU {val}); test metrics in {rd.metrics}")
+    return result
+
+
+def run_epoch(
+    trainer: Trainer,
+    data: PreparedData,
+    rd: RunDir,
+    log: JsonlLogger,
+    state: TrainState,
+    spe: int,
+) -> None:
+    """Train one epoch, validate, keep the best, write the checkpoint; advance ``state``.
+
+    Args:
+        trainer: The backend's trainer.
+        data: The prepared data.
+        rd: The run folder.
+        log: The run's logger.
+        state: Where the run stands (updated in place).
+        spe: Steps per epoch.
+    """
+    cfg = trainer.cfg
+    e = state.epoch  # 0-based index of this epoch
+    trainer.train_mode()
+    t_epoch = time.perf_counter()
+    t_window, n_window = t_epoch, 0
+    sums: dict[str, float] = {}
+    last_good = rd.last if rd.has_checkpoint() else None
+    steps = progress(total=spe, desc=f"epoch {e + 1}", leave=False, unit="step")
+    try:
+        for i, (images, masks) in enumerate(data.batches.epoch(e)):
+            if i >= spe:
+                break
+            lr = lr_at(state.step, spe, cfg.optim, cfg.schedule)
+            values = trainer.step(
+                images,
+                masks,
+                state.step,
+                lr,
+                where=f"epoch {e + 1}, step {state.step + 1}",
+                last_good=last_good,
+            )
+            state.step += 1
+            n_window += images.shape[0]
+            for k, v in values.items():
+                sums[k] = sums.get(k, 0.0) + v
+            steps.update(1)
+            steps.set_postfix(loss=f"{values['loss']:.4f}")
+            if state.step % cfg.train.log_every == 0:
+                now = time.perf_counter()
+                log.log(
+                    {
+                        "kind": "train",
+                        "epoch": e + 1,
+                        "step": state.step,
+                        "lr": lr,
+                        **values,
+                        "images_per_s": n_window / max(now - t_window, 1e-9),
+                    }
+                )
+                t_window, n_window = now, 0
+    finally:
+        steps.close()
+    train_s = time.perf_counter() - t_epoch
+    means = {k: v / spe for k, v in sums.items()}
+    log.log(
+        {
+            "kind": "epoch",
+            "epoch": e + 1,
+            "step": state.step,
+            **{f"mean_{k}": v for k, v in means.items()},
+            "train_s": train_s,
+            "images_per_s": spe * cfg.data.batch_size / max(train_s, 1e-9),
+        }
+    )
+
+    epochs = cfg.schedule.epochs
+    if (e + 1) % cfg.train.eval_every == 0 or e + 1 == epochs:
+        if data.val_ids:
+            metrics = validate(trainer, data)
+            score = metrics["iou"]
+            score = None if score is None or not math.isfinite(score) else float(score)
+        else:  # no validation part: the latest weights are the best
+            metrics, score = {}, None
+        log.log({"kind": "val", "epoch": e + 1, "step": state.step, **summary_metrics(metrics)})
+        better = (
+            not data.val_ids
+            or state.best_score is None
+            or (score is not None and score > state.best_score)
+        )
+        if better:
+            state.best_score = score if score is not None else state.best_score
+            state.best_epoch = e + 1
+            trainer.save_best(rd.best, weights_metadata(trainer, data, epoch=e + 1, val_iou=score))
+            write_json_atomic(
+                rd.best_json,
+                {
+                    "epoch": e + 1,
+                    "step": state.step,
+                    "score": "val_iou",
+                    "val_ids": len(data.val_ids),
+                    "val": summary_metrics(metrics) if metrics else None,
+                    "note": None if data.val_ids else "no validation ids: best = latest epoch",
+                },
+            )
+        trainer.train_mode()
+
+    state.epoch = e + 1
+    state.extra = {
+        "backend": trainer.backend,
+        "steps_per_epoch": spe,
+        "data": {"next_epoch": state.epoch, "seed": cfg.seed, "rng": "default_rng([seed, epoch])"},
+    }
+    rd.write_checkpoint(state, trainer.write, keep_last=cfg.train.keep_last)
+
+
+def validate(trainer: Trainer, data: PreparedData) -> dict[str, Any]:
+    """Score the current student on the validation part (``IRSTDMetrics.compute()``)."""
+    preds = predict_split(
+        data.val_set,
+        trainer.eval_forward(),
+        mean=data.mean,
+        std=data.std,
+        multiple=data.multiple,
+        desc="val",
+    )
+    return evaluate_predictions(preds)["metrics"]
+
+
+def weights_metadata(trainer: Trainer, data: PreparedData, **extra: Any) -> dict[str, Any]:
+    """Metadata stored with ``best.safetensors``: network kwargs, normalisation, run facts."""
+    cfg = trainer.cfg
+    return {
+        "kwargs": trainer.student_kwargs,
+        "mean": data.mean,
+        "std": data.std,
+        "eval_multiple": data.multiple,
+        "data_root": str(data.root),
+        "run": cfg.name,
+        "method": cfg.method.name if is_distill(cfg) else "none",
+        "teacher": cfg.teacher.name if is_distill(cfg) and cfg.teacher else None,
+        "backend": trainer.backend,
+        **extra,
+    }
+
+
+def final_report(
+    run: RunDir, cfg: ExperimentConfig, data: PreparedData, forward: Forward
+) -> dict[str, Any]:
+    """Evaluate the best weights on the TEST split and write ``metrics.json``.
+
+    Args:
+        run: The run folder (``best.json`` gives the best epoch).
+        cfg: The experiment.
+        data: The prepared data (test split, normalisation).
+        forward: The bare student loaded from ``run.best`` (``Trainer.bare_forward``).
+
+    Returns:
+        The report written to ``metrics.json``.
+    """
+    test = data.test_set()
+    result = evaluate_predictions(
+        predict_split(
+            test,
+            forward,
+            mean=data.mean,
+            std=data.std,
+            multiple=data.multiple,
+            desc="test",
+        )
+    )
+    best = {}
+    if run.best_json.is_file():
+        best = json.loads(run.best_json.read_text())
+    out = {
+        "split": "test",
+        "dataset": str(data.root),
+        "weights": str(run.best),
+        "network": cfg.model.name,
+        "best_epoch": best.get("epoch"),
+        **summary_metrics(result["metrics"]),
+        "metrics": result["metrics"],
+        "roc": result["roc"],
+    }
+    write_json_atomic(run.metrics, out)
+    return out

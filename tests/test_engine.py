@@ -24,6 +24,7 @@ from irkd.engine import (
     prepare_data,
     read_jsonl,
     resolve_dataset,
+    run_training,
     sigmoid,
     steps_per_epoch,
 )
@@ -285,6 +286,120 @@ def test_choose_ids_spreads():
     ids = [f"i{k}" for k in range(10)]
     assert choose_ids(ids, 3) == ["i0", "i4", "i9"] or choose_ids(ids, 3) == ["i0", "i5", "i9"]
     assert choose_ids(ids, 20) == ids and choose_ids(ids, 0) == []
+
+
+# ----------------------------------------------------------------------------- the run
+
+
+class NumpyTrainer:
+    """A one-weight "network" (logits = w * x + b), enough to drive irkd.engine.run_training."""
+
+    backend = "numpy"
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+        self.student_kwargs = {"k": 1}
+        self.w = np.array([0.5, -1.0])
+        self.training = False
+
+    def train_mode(self):
+        self.training = True
+
+    def step(self, images, masks, step, lr, *, where, last_good=None):
+        loss = float(np.mean((self.w[0] * images + self.w[1] - masks) ** 2))
+        check_finite({"loss": loss}, where=where, last_good=last_good)
+        self.w = self.w - lr * np.array([loss, 0.1 * (step + 1)])
+        return {"loss": loss, "task": loss}
+
+    def write(self, folder):
+        np.save(folder / "w.npy", self.w)
+
+    def read(self, folder):
+        self.w = np.load(folder / "w.npy")
+
+    def eval_forward(self):
+        self.training = False
+        w = self.w.copy()
+        return lambda x: (w[0] * x + w[1]).astype(np.float32)
+
+    def save_best(self, path, metadata):
+        from irkd.weights import save_neutral
+
+        save_neutral(path, {"w": self.w.astype(np.float32)}, metadata=metadata)
+
+    def bare_forward(self, path):
+        from irkd.weights import load_neutral
+
+        w = load_neutral(path)[0]["w"]
+        return lambda x: (w[0] * x + w[1]).astype(np.float32)
+
+    def run_info(self):
+        return {"threads": 1, "device": "numpy"}
+
+
+def _run_cfg(root):
+    return config_from_dict(
+        {
+            "name": "np",
+            "data": {"root": str(root), "crop": 32, "batch_size": 2, "val_fraction": 0.25},
+            "schedule": {"epochs": 3, "steps_per_epoch": 2, "warmup_epochs": 0},
+            "train": {"log_every": 1, "keep_last": 2},
+        }
+    )
+
+
+def test_run_training_drives_any_trainer_and_resumes_exactly(small_root, tmp_path):
+    from irkd.weights import extra_metadata, load_neutral
+
+    cfg = _run_cfg(small_root)
+    straight = run_training(cfg, tmp_path / "a", lambda: NumpyTrainer(cfg), quiet=True)
+    rd = RunDir(tmp_path / "a")
+    for p in (rd.config, rd.log, rd.best, rd.best_json, rd.metrics, rd.last / "w.npy"):
+        assert p.is_file(), p
+    assert straight["state"]["epoch"] == 3 and straight["state"]["step"] == 6
+    assert straight["metrics"]["n_images"] == len(IRSTDDataset(small_root, "test"))
+    kinds = [r["kind"] for r in rd.records()]
+    assert kinds == ["start"] + ["train", "train", "epoch", "val"] * 3
+    start = rd.records()[0]
+    assert start["backend"] == "numpy" and start["threads"] == 1 and start["device"] == "numpy"
+    assert rd.read_state().extra["backend"] == "numpy"
+    meta = extra_metadata(load_neutral(rd.best)[1])
+    assert meta["backend"] == "numpy" and meta["kwargs"] == {"k": 1}
+    assert meta["epoch"] == straight["best_epoch"]
+    assert json.loads(rd.metrics.read_text())["best_epoch"] == straight["best_epoch"]
+    # a second run in the same folder must be a resume
+    with pytest.raises(FileExistsError, match="--resume"):
+        run_training(cfg, tmp_path / "a", lambda: NumpyTrainer(cfg), quiet=True)
+
+    # stopped after one epoch, then resumed: the same weights, state and records
+    stopped = run_training(cfg, tmp_path / "b", lambda: NumpyTrainer(cfg), quiet=True, stop_after=1)
+    assert stopped["metrics"] is None and stopped["state"]["epoch"] == 1
+    resumed = run_training(cfg, tmp_path / "b", lambda: NumpyTrainer(cfg), quiet=True, resume=True)
+    assert resumed["state"] == straight["state"] and resumed["metrics"] == straight["metrics"]
+    np.testing.assert_array_equal(
+        np.load(tmp_path / "a/checkpoints/last/w.npy"),
+        np.load(tmp_path / "b/checkpoints/last/w.npy"),
+    )
+    timing = {"images_per_s", "train_s"}
+
+    def strip(path):
+        return [{k: v for k, v in r.items() if k not in timing} for r in RunDir(path).records()]
+
+    assert strip(tmp_path / "a") == strip(tmp_path / "b")
+
+
+def test_run_training_stops_on_a_non_finite_loss(small_root, tmp_path):
+    cfg = _run_cfg(small_root)
+
+    class Diverging(NumpyTrainer):
+        def step(self, images, masks, step, lr, *, where, last_good=None):
+            if step == 3:
+                check_finite({"loss": float("nan")}, where=where, last_good=last_good)
+            return super().step(images, masks, step, lr, where=where, last_good=last_good)
+
+    with pytest.raises(NonFiniteLossError, match="epoch 2, step 4.*last good checkpoint"):
+        run_training(cfg, tmp_path / "r", lambda: Diverging(cfg), quiet=True)
+    assert RunDir(tmp_path / "r").read_state().epoch == 1
 
 
 def test_engine_imports_no_framework():

@@ -261,10 +261,10 @@ def test_run_folder_contents_and_best_on_val(root, teacher_ckpt, straight_run):
 
 
 def test_best_is_the_highest_validation_iou(root, tmp_path, monkeypatch):
-    import torch_ref.train as tt
+    import irkd.engine as engine
 
     scripted = iter([0.2, 0.5, 0.4])
-    monkeypatch.setattr(tt, "_validate", lambda trainer, data: {"iou": next(scripted)})
+    monkeypatch.setattr(engine, "validate", lambda trainer, data: {"iou": next(scripted)})
     cfg = make_cfg(root, method="none", schedule__epochs=3, train__keep_last=3)
     res = run(cfg, tmp_path / "r", quiet=True)
     rd = RunDir(tmp_path / "r")

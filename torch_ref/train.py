@@ -1,8 +1,10 @@
 """PyTorch training: ``irkd train`` (a network alone) and ``irkd distill`` (frozen teacher).
 
 A plain loop that the MindSpore functional step (``ms_impl.train``) mirrors line for line.
-Everything that is not the step itself (data, schedule, noise, run folder, checkpoints,
-validation, test report) comes from :mod:`irkd.engine`, shared by both backends.
+Everything that is not the step itself (the run loop, data, schedule, noise, run folder,
+checkpoints, validation, test report) comes from :mod:`irkd.engine`, shared by both
+backends: :func:`run` sets the thread count, builds a :class:`TorchTrainer` (which follows
+the :class:`irkd.engine.Trainer` protocol) and calls :func:`irkd.engine.run_training`.
 
 Per step::
 
@@ -29,11 +31,7 @@ uninterrupted run bit for bit (same machine, same thread count).
 
 from __future__ import annotations
 
-import json
-import math
 import os
-import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -43,24 +41,14 @@ from torch import nn
 
 from irkd.config import ConfigError, ExperimentConfig
 from irkd.engine import (
+    Forward,
     NonFiniteLossError,
-    PreparedData,
-    RunDir,
-    TrainState,
     check_finite,
-    check_same_config,
-    evaluate_predictions,
     is_distill,
-    lr_at,
     net_kwargs,
     noise_for,
-    predict_split,
-    prepare_data,
-    progress,
-    steps_per_epoch,
-    summary_metrics,
+    run_training,
 )
-from irkd.reports import write_json_atomic
 from irkd.weights import save_neutral
 from irkd.zoo import stage_channels
 from torch_ref.losses import task_loss
@@ -144,7 +132,11 @@ def load_teacher(cfg: ExperimentConfig) -> nn.Module:
 class TorchTrainer:
     """The student, the frozen teacher, the distiller and the optimizer of a run.
 
+    Follows :class:`irkd.engine.Trainer`, the protocol :func:`irkd.engine.run_training`
+    drives.
+
     Attributes:
+        backend: ``"pytorch"``.
         cfg: The experiment.
         student: The network being trained.
         teacher: The frozen teacher (None when training alone).
@@ -152,6 +144,8 @@ class TorchTrainer:
         optimizer: Over the student's and the distiller's parameters only.
         student_kwargs: The student's constructor kwargs (stored with the best weights).
     """
+
+    backend = BACKEND
 
     def __init__(self, cfg: ExperimentConfig, device: str | torch.device | None = None) -> None:
         self.cfg = cfg
@@ -246,7 +240,26 @@ class TorchTrainer:
         self.optimizer.step()
         return values
 
+    # ------------------------------------------------------------------ evaluation
+
+    def eval_forward(self) -> Forward:
+        """The current student, put in eval mode, as a numpy logits callable."""
+        self.student.eval()
+        return forward_fn(self.student)
+
+    def bare_forward(self, path: Path) -> Forward:
+        """A fresh student loaded from ``path`` (on this trainer's device), as a callable."""
+        return forward_fn(load_network(self.cfg.model.name, path).to(self.device))
+
+    def run_info(self) -> dict[str, Any]:
+        """``threads`` (torch intra-op threads) and ``device`` for the start log record."""
+        return {"threads": torch.get_num_threads(), "device": str(self.device)}
+
     # ------------------------------------------------------------------ checkpoints
+
+    def save_best(self, path: Path, metadata: dict[str, Any]) -> None:
+        """Save the student alone (neutral names) with ``metadata``."""
+        save_neutral_torch(self.student, path, name=self.cfg.model.name, metadata=metadata)
 
     def write(self, folder: Path) -> None:
         """Store student, distiller and optimizer (plus torch RNG) in ``folder``."""
@@ -271,68 +284,6 @@ class TorchTrainer:
 
 
 # ----------------------------------------------------------------------------- the run
-
-
-def _validate(trainer: TorchTrainer, data: PreparedData) -> dict[str, Any]:
-    trainer.student.eval()
-    preds = predict_split(
-        data.val_set,
-        forward_fn(trainer.student),
-        mean=data.mean,
-        std=data.std,
-        multiple=data.multiple,
-        desc="val",
-    )
-    return evaluate_predictions(preds)["metrics"]
-
-
-def _weights_metadata(trainer: TorchTrainer, data: PreparedData, **extra: Any) -> dict[str, Any]:
-    cfg = trainer.cfg
-    return {
-        "kwargs": trainer.student_kwargs,
-        "mean": data.mean,
-        "std": data.std,
-        "eval_multiple": data.multiple,
-        "data_root": str(data.root),
-        "run": cfg.name,
-        "method": cfg.method.name if is_distill(cfg) else "none",
-        "teacher": cfg.teacher.name if is_distill(cfg) and cfg.teacher else None,
-        "backend": BACKEND,
-        **extra,
-    }
-
-
-def final_report(
-    run: RunDir, cfg: ExperimentConfig, data: PreparedData, device: torch.device | None = None
-) -> dict[str, Any]:
-    """Evaluate ``best.safetensors`` in a bare student on the TEST split; write metrics.json."""
-    net = load_network(cfg.model.name, run.best).to(device or "cpu")
-    test = data.test_set()
-    result = evaluate_predictions(
-        predict_split(
-            test,
-            forward_fn(net),
-            mean=data.mean,
-            std=data.std,
-            multiple=data.multiple,
-            desc="test",
-        )
-    )
-    best = {}
-    if run.best_json.is_file():
-        best = json.loads(run.best_json.read_text())
-    out = {
-        "split": "test",
-        "dataset": str(data.root),
-        "weights": str(run.best),
-        "network": cfg.model.name,
-        "best_epoch": best.get("epoch"),
-        **summary_metrics(result["metrics"]),
-        "metrics": result["metrics"],
-        "roc": result["roc"],
-    }
-    write_json_atomic(run.metrics, out)
-    return out
 
 
 def run(
@@ -369,179 +320,13 @@ def run(
         ConfigError, DatasetError, WeightsError, FileNotFoundError: Bad inputs.
     """
     torch.set_num_threads(torch_threads())
-    say = (lambda *a: None) if quiet else (lambda *a: print(*a, file=sys.stderr))
-    rd = RunDir(run_dir)
-    if resume:
-        check_same_config(rd, cfg)
-        state = rd.read_state()
-    else:
-        if rd.has_checkpoint():
-            raise FileExistsError(
-                f"{rd.path} already holds a run (checkpoints/last): pass --resume to continue "
-                "it, or choose another --out folder"
-            )
-        state = TrainState()
-    rd.save_config(cfg)
-
-    data = prepare_data(cfg, cache_dir, synth_size=synth_size)
-    spe = steps_per_epoch(data.batches, cfg.schedule)
-    trainer = TorchTrainer(cfg, device)
-    if resume:
-        saved_spe = state.extra.get("steps_per_epoch")
-        if saved_spe is not None and int(saved_spe) != spe:
-            raise ConfigError(
-                f"--resume: {spe} steps per epoch now, {saved_spe} when the checkpoint was "
-                "written (the data or batch size changed)"
-            )
-        trainer.read(rd.last)
-        rd.trim_log(state.epoch)
-        say(f"resuming {rd.path} after epoch {state.epoch} (step {state.step})")
-
-    epochs = cfg.schedule.epochs
-    last_epoch = epochs if stop_after is None else min(epochs, stop_after)
-    mode = f"distill {cfg.method.name}" if is_distill(cfg) else "train"
-    with rd.logger() as log:
-        if state.epoch == 0:
-            log.log(
-                {
-                    "kind": "start",
-                    "backend": BACKEND,
-                    "mode": mode,
-                    "student": cfg.model.name,
-                    "teacher": cfg.teacher.name if is_distill(cfg) and cfg.teacher else None,
-                    "steps_per_epoch": spe,
-                    "data": data.info(),
-                    "threads": torch.get_num_threads(),
-                    "device": str(trainer.device),
-                }
-            )
-        bar = progress(total=epochs, desc=f"{cfg.name} [{mode}]", initial=state.epoch, unit="ep")
-        try:
-            while state.epoch < last_epoch:
-                _run_epoch(trainer, data, rd, log, state, spe)
-                bar.update(1)
-                if state.best_score is not None:
-                    bar.set_postfix(best_iou=f"{state.best_score:.4f}", ep=state.best_epoch)
-        finally:
-            bar.close()
-
-    result: dict[str, Any] = {
-        "run_dir": str(rd.path),
-        "state": state.to_json(),
-        "best_epoch": state.best_epoch,
-        "best_val": state.best_score,
-        "metrics": None,
-    }
-    if state.epoch < epochs:
-        say(f"stopped after epoch {state.epoch}/{epochs}; continue with --resume")
-        return result
-    report = final_report(rd, cfg, data, trainer.device)
-    result["metrics"] = summary_metrics(report)
-    val = "n/a" if state.best_score is None else f"{100 * state.best_score:.2f}%"
-    say(f"best epoch {report['best_epoch']} (val IoU {val}); test metrics in {rd.metrics}")
-    return result
-
-
-def _run_epoch(
-    trainer: TorchTrainer,
-    data: PreparedData,
-    rd: RunDir,
-    log: Any,
-    state: TrainState,
-    spe: int,
-) -> None:
-    """Train one epoch, validate, keep the best, write the checkpoint; advance ``state``."""
-    cfg = trainer.cfg
-    e = state.epoch  # 0-based index of this epoch
-    trainer.train_mode()
-    t_epoch = time.perf_counter()
-    t_window, n_window = t_epoch, 0
-    sums: dict[str, float] = {}
-    last_good = rd.last if rd.has_checkpoint() else None
-    steps = progress(total=spe, desc=f"epoch {e + 1}", leave=False, unit="step")
-    try:
-        for i, (images, masks) in enumerate(data.batches.epoch(e)):
-            if i >= spe:
-                break
-            lr = lr_at(state.step, spe, cfg.optim, cfg.schedule)
-            values = trainer.step(
-                images,
-                masks,
-                state.step,
-                lr,
-                where=f"epoch {e + 1}, step {state.step + 1}",
-                last_good=last_good,
-            )
-            state.step += 1
-            n_window += images.shape[0]
-            for k, v in values.items():
-                sums[k] = sums.get(k, 0.0) + v
-            steps.update(1)
-            steps.set_postfix(loss=f"{values['loss']:.4f}")
-            if state.step % cfg.train.log_every == 0:
-                now = time.perf_counter()
-                log.log(
-                    {
-                        "kind": "train",
-                        "epoch": e + 1,
-                        "step": state.step,
-                        "lr": lr,
-                        **values,
-                        "images_per_s": n_window / max(now - t_window, 1e-9),
-                    }
-                )
-                t_window, n_window = now, 0
-    finally:
-        steps.close()
-    train_s = time.perf_counter() - t_epoch
-    means = {k: v / spe for k, v in sums.items()}
-    log.log(
-        {
-            "kind": "epoch",
-            "epoch": e + 1,
-            "step": state.step,
-            **{f"mean_{k}": v for k, v in means.items()},
-            "train_s": train_s,
-            "images_per_s": spe * cfg.data.batch_size / max(train_s, 1e-9),
-        }
+    return run_training(
+        cfg,
+        run_dir,
+        lambda: TorchTrainer(cfg, device),
+        resume=resume,
+        cache_dir=cache_dir,
+        synth_size=synth_size,
+        stop_after=stop_after,
+        quiet=quiet,
     )
-
-    epochs = cfg.schedule.epochs
-    if (e + 1) % cfg.train.eval_every == 0 or e + 1 == epochs:
-        if data.val_ids:
-            metrics = _validate(trainer, data)
-            score = metrics["iou"]
-            score = None if score is None or not math.isfinite(score) else float(score)
-        else:  # no validation part: the latest weights are the best
-            metrics, score = {}, None
-        log.log({"kind": "val", "epoch": e + 1, "step": state.step, **summary_metrics(metrics)})
-        better = (
-            not data.val_ids
-            or state.best_score is None
-            or (score is not None and score > state.best_score)
-        )
-        if better:
-            state.best_score = score if score is not None else state.best_score
-            state.best_epoch = e + 1
-            meta = _weights_metadata(trainer, data, epoch=e + 1, val_iou=score)
-            save_neutral_torch(trainer.student, rd.best, name=cfg.model.name, metadata=meta)
-            write_json_atomic(
-                rd.best_json,
-                {
-                    "epoch": e + 1,
-                    "step": state.step,
-                    "score": "val_iou",
-                    "val_ids": len(data.val_ids),
-                    "val": summary_metrics(metrics) if metrics else None,
-                    "note": None if data.val_ids else "no validation ids: best = latest epoch",
-                },
-            )
-        trainer.train_mode()
-
-    state.epoch = e + 1
-    state.extra = {
-        "backend": BACKEND,
-        "steps_per_epoch": spe,
-        "data": {"next_epoch": state.epoch, "seed": cfg.seed, "rng": "default_rng([seed, epoch])"},
-    }
-    rd.write_checkpoint(state, trainer.write, keep_last=cfg.train.keep_last)
