@@ -20,9 +20,7 @@ EXIT_USAGE = 2
 
 _PLANNED = {
     "export": "export MindIR / ONNX artifacts",
-    "parity": "run the cross-framework parity checks",
     "release": "build a gated release for Ascend and Jetson",
-    "bench": "measure latency of teacher and students",
 }
 
 
@@ -256,6 +254,81 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_bench_steps(args: argparse.Namespace) -> int:
+    from irkd.bench import bench_steps, format_steps
+
+    backends = ["pytorch", "mindspore"] if args.backend == "both" else [args.backend]
+    timers, writers = {}, {}
+    for b in backends:
+        if b == "pytorch":
+            from torch_ref import bench as tb
+
+            timers[b], writers[b] = tb.step_times, tb.write_random_weights
+        else:
+            from ms_impl import bench as mb
+
+            timers[b], writers[b] = mb.step_times, mb.write_random_weights
+    rows = bench_steps(
+        timers,
+        writers,
+        teacher=args.teacher,
+        student=args.student,
+        batch=args.batch,
+        size=args.size,
+        steps=args.steps,
+        method=args.method,
+        stages=[s.strip() for s in args.stages.split(",") if s.strip()],
+        optim=args.optim,
+        graph_mode=not args.pynative,
+    )
+    print(format_steps(rows))
+    if args.out:
+        from irkd.reports import write_json_atomic
+
+        write_json_atomic(Path(args.out), {"kind": "irkd-bench-steps", "rows": rows})
+        print(f"written: {args.out}")
+    return EXIT_OK
+
+
+def _cmd_parity(args: argparse.Namespace) -> int:
+    import time
+
+    if args.tolerances:
+        from parity.tolerances import tolerance_table
+
+        print(tolerance_table())
+        return EXIT_OK
+    modes = tuple(m.strip() for m in args.ms_modes.split(",") if m.strip())
+    bad = [m for m in modes if m not in ("graph", "pynative")]
+    if bad or not modes:
+        raise ValueError(f"--ms-modes: expected graph and/or pynative, got {args.ms_modes!r}")
+    from parity.suite import all_cases, resolve_weights, run_parity, summary_text
+
+    if args.list:
+        from parity.core import select_cases
+
+        wmap = {k: v["path"] for k, v in resolve_weights(args.weights).items()} or None
+        for case in select_cases(all_cases(wmap), quick=args.quick, patterns=args.select):
+            print(f"{case.name:<48} {case.family:<14} {'quick' if case.quick else ''}")
+        return EXIT_OK
+    out = (
+        Path(args.out)
+        if args.out
+        else Path("runs") / f"parity-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    )
+    report = run_parity(
+        weights=args.weights,
+        quick=args.quick,
+        select=args.select,
+        out=out,
+        seed=args.seed,
+        ms_modes=modes,
+    )
+    print(summary_text(report, all_checks=args.verbose))
+    print(f"report: {out}")
+    return EXIT_OK if report["passed"] else EXIT_FAIL
+
+
 def _run_training(args: argparse.Namespace, mode: str) -> int:
     import time
 
@@ -441,7 +514,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 def _not_built(name: str) -> Callable[[argparse.Namespace], int]:
     def handler(args: argparse.Namespace) -> int:
-        print(f"irkd {name}: not built yet ({_PLANNED[name]}).", file=sys.stderr)
+        what = _PLANNED.get(name, "inference latency of teacher and students")
+        print(f"irkd {name}: not built yet ({what}).", file=sys.stderr)
         return EXIT_USAGE
 
     return handler
@@ -547,6 +621,53 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--teacher-network", help="the teacher's registered network")
     ev.add_argument("--cache", default="runs/_data", help="synthetic data cache folder")
     ev.set_defaults(func=_cmd_eval)
+
+    par = sub.add_parser(
+        "parity",
+        help="cross-framework parity checks (numpy oracle, MindSpore, PyTorch); JSON report",
+    )
+    par.add_argument(
+        "--weights",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="neutral .safetensors weights to check (repeatable; default: seeded random weights)",
+    )
+    par.add_argument("--quick", action="store_true", help="the quick set only (what CI runs)")
+    par.add_argument("--out", help="report JSON (default runs/parity-<time>.json)")
+    par.add_argument(
+        "--select", action="append", default=[], metavar="PREFIX", help="case-name prefix"
+    )
+    par.add_argument(
+        "--ms-modes", default="graph,pynative", help="MindSpore modes (default graph,pynative)"
+    )
+    par.add_argument("--seed", type=int, default=0, help="seed of inputs and random weights")
+    par.add_argument("--list", action="store_true", help="list the cases and exit")
+    par.add_argument("--tolerances", action="store_true", help="print the tolerance table")
+    par.add_argument("--verbose", action="store_true", help="print every check")
+    par.set_defaults(func=_cmd_parity)
+
+    bench = sub.add_parser("bench", help="speed measurements (training steps; latency)")
+    bsub = bench.add_subparsers(dest="bench_command", metavar="WHAT")
+    bsub.required = True
+    steps = bsub.add_parser(
+        "steps", help="training step times: teacher, student, distillation, per backend"
+    )
+    steps.add_argument("--backend", choices=["pytorch", "mindspore", "both"], default="both")
+    steps.add_argument("--teacher", default="dnanet")
+    steps.add_argument("--student", default="dnanet_xs")
+    steps.add_argument("--method", default="msa_awmse")
+    steps.add_argument("--stages", default="enc1", help="comma-separated stages (default enc1)")
+    steps.add_argument("--optim", default="adamw", choices=["adamw", "adam", "sgd"])
+    steps.add_argument("--batch", type=int, default=4)
+    steps.add_argument("--size", type=int, default=256, help="square crop side (default 256)")
+    steps.add_argument("--steps", type=int, default=6, help="steps per run (first reported apart)")
+    steps.add_argument("--pynative", action="store_true", help="MindSpore PyNative, not GRAPH")
+    steps.add_argument("--out", help="JSON file for the rows")
+    steps.set_defaults(func=_cmd_bench_steps)
+    lat = bsub.add_parser("latency", help="inference latency (not built yet)")
+    lat.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+    lat.set_defaults(func=_not_built("bench latency"))
 
     for name, text in _PLANNED.items():
         p = sub.add_parser(name, help=f"{text} (not built yet)")

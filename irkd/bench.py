@@ -1,0 +1,128 @@
+"""Training step times (``irkd bench steps``): teacher alone, student alone, distillation.
+
+Framework-free orchestration: each backend provides ``step_times(cfg, images, masks, steps)``
+(``torch_ref.bench`` / ``ms_impl.bench``) that builds the backend's real trainer and times its
+``step`` calls; the first step (which includes MindSpore's graph compilation) is reported
+apart from the median and p90 of the others. The teacher's weights are seeded random ones
+(written once to a neutral file): speed does not depend on their values.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from irkd.config import ExperimentConfig, config_from_dict
+
+__all__ = ["StepTimer", "bench_steps", "format_steps", "step_configs"]
+
+StepTimer = Callable[[ExperimentConfig, np.ndarray, np.ndarray, int], list[float]]
+
+
+def step_configs(
+    teacher: str,
+    student: str,
+    teacher_weights: str | os.PathLike[str],
+    *,
+    method: str = "msa_awmse",
+    stages: Sequence[str] = ("enc1",),
+    optim: str = "adamw",
+    graph_mode: bool = True,
+) -> list[tuple[str, ExperimentConfig]]:
+    """The three timed configurations: ``(label, config)``."""
+
+    def cfg(model: str, distill: bool) -> ExperimentConfig:
+        data: dict[str, Any] = {
+            "model": {"name": model},
+            "method": {"name": method if distill else "none", "stages": list(stages)},
+            "optim": {"name": optim},
+            "train": {"graph_mode": graph_mode},
+        }
+        if distill:
+            data["teacher"] = {"name": teacher, "checkpoint": str(teacher_weights)}
+        return config_from_dict(data)
+
+    return [
+        (f"teacher {teacher}", cfg(teacher, False)),
+        (f"student {student}", cfg(student, False)),
+        (f"distill {teacher}->{student} {method} {list(stages)}", cfg(student, True)),
+    ]
+
+
+def bench_steps(
+    timers: dict[str, StepTimer],
+    write_teacher: dict[str, Callable[[str, Path], None]],
+    *,
+    teacher: str = "dnanet",
+    student: str = "dnanet_xs",
+    batch: int = 4,
+    size: int = 256,
+    steps: int = 6,
+    seed: int = 0,
+    **kwargs: Any,
+) -> list[dict[str, Any]]:
+    """Time ``steps`` training steps of each configuration on each backend.
+
+    Args:
+        timers: Backend name -> its ``step_times``.
+        write_teacher: Backend name -> ``fn(network, path)`` writing seeded random neutral
+            weights of the teacher (the first backend's writer is used).
+        teacher: Teacher network.
+        student: Student network.
+        batch: Batch size.
+        size: Square crop side.
+        steps: Steps timed per configuration (>= 2: the first is reported apart).
+        seed: Seed of the batch.
+        **kwargs: Passed to :func:`step_configs` (method, stages, optim, graph_mode).
+
+    Returns:
+        One row per (backend, configuration): ``first_s``, ``median_s``, ``p90_s``,
+        ``images_per_s`` (from the median), ``steps``, ``batch``, ``size``.
+    """
+    if steps < 2:
+        raise ValueError("steps must be >= 2 (the first step is reported apart)")
+    rng = np.random.default_rng(seed)
+    images = rng.standard_normal((batch, 1, size, size)).astype(np.float32)
+    masks = (rng.random((batch, 1, size, size)) > 0.995).astype(np.float32)
+    rows: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="irkd-bench-") as tmp:
+        path = Path(tmp) / "teacher.safetensors"
+        next(iter(write_teacher.values()))(teacher, path)
+        for backend, timer in timers.items():
+            for label, cfg in step_configs(teacher, student, path, **kwargs):
+                times = timer(cfg, images, masks, steps)
+                rest = sorted(times[1:])
+                med = statistics.median(rest)
+                p90 = rest[min(len(rest) - 1, int(round(0.9 * (len(rest) - 1))))]
+                rows.append(
+                    {
+                        "backend": backend,
+                        "run": label,
+                        "first_s": times[0],
+                        "median_s": med,
+                        "p90_s": p90,
+                        "images_per_s": batch / med,
+                        "steps": steps,
+                        "batch": batch,
+                        "size": size,
+                    }
+                )
+    return rows
+
+
+def format_steps(rows: Sequence[dict[str, Any]]) -> str:
+    """A table of the rows of :func:`bench_steps`."""
+    head = f"{'backend':<10} {'run':<44} {'first s':>8} {'median s':>9} {'p90 s':>7} {'img/s':>7}"
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        lines.append(
+            f"{r['backend']:<10} {r['run']:<44} {r['first_s']:>8.2f} {r['median_s']:>9.3f} "
+            f"{r['p90_s']:>7.3f} {r['images_per_s']:>7.1f}"
+        )
+    return "\n".join(lines)

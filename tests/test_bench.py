@@ -1,0 +1,60 @@
+"""`irkd bench steps`: the orchestration (fake timers) and one tiny real PyTorch run."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from irkd.bench import bench_steps, format_steps, step_configs
+from irkd.cli import main
+
+
+def test_step_configs_are_teacher_student_distill(tmp_path):
+    runs = step_configs("dnanet", "dnanet_xs", tmp_path / "t.safetensors", stages=["enc1"])
+    (lt, t), (ls, s), (ld, d) = runs
+    assert t.model.name == "dnanet" and t.method.name == "none" and t.teacher is None
+    assert s.model.name == "dnanet_xs" and s.method.name == "none"
+    assert (
+        d.teacher.name == "dnanet" and d.method.name == "msa_awmse" and d.method.stages == ["enc1"]
+    )
+    assert "distill" in ld and "teacher" in lt and "student" in ls
+
+
+def test_bench_steps_reports_first_step_apart(tmp_path):
+    seen = []
+
+    def timer(cfg, images, masks, steps):
+        seen.append((cfg.model.name, images.shape, steps))
+        return [10.0, 1.0, 3.0, 2.0]
+
+    def writer(network, path):
+        path.write_bytes(b"x")
+        seen.append(("teacher-file", network))
+
+    rows = bench_steps(
+        {"fake": timer}, {"fake": writer}, teacher="a", student="b", batch=2, size=32, steps=4
+    )
+    assert seen[0] == ("teacher-file", "a")
+    assert [s[0] for s in seen[1:]] == ["a", "b", "b"] and seen[1][1] == (2, 1, 32, 32)
+    r = rows[0]
+    assert r["first_s"] == 10.0 and r["median_s"] == 2.0 and r["p90_s"] == 3.0
+    assert r["images_per_s"] == pytest.approx(1.0)
+    assert "first s" in format_steps(rows)
+    with pytest.raises(ValueError, match="steps"):
+        bench_steps({"fake": timer}, {"fake": writer}, steps=1)
+
+
+def test_cli_bench_steps_pytorch_tiny(tmp_path, capsys):
+    out = tmp_path / "steps.json"
+    rc = main(
+        [
+            "bench", "steps", "--backend", "pytorch", "--teacher", "dnanet_xxs",
+            "--student", "dnanet_xxs", "--batch", "1", "--size", "32", "--steps", "2",
+            "--out", str(out),
+        ]
+    )  # fmt: skip
+    assert rc == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert len(rows) == 3 and all(r["median_s"] > 0 for r in rows)
+    assert "distill dnanet_xxs->dnanet_xxs" in capsys.readouterr().out
