@@ -20,7 +20,14 @@ import numpy as np
 
 from irkd.config import ExperimentConfig, config_from_dict
 
-__all__ = ["StepTimer", "bench_steps", "format_steps", "step_configs"]
+__all__ = [
+    "StepTimer",
+    "bench_latency",
+    "bench_steps",
+    "format_latency",
+    "format_steps",
+    "step_configs",
+]
 
 StepTimer = Callable[[ExperimentConfig, np.ndarray, np.ndarray, int], list[float]]
 
@@ -125,4 +132,71 @@ def format_steps(rows: Sequence[dict[str, Any]]) -> str:
             f"{r['backend']:<10} {r['run']:<44} {r['first_s']:>8.2f} {r['median_s']:>9.3f} "
             f"{r['p90_s']:>7.3f} {r['images_per_s']:>7.1f}"
         )
+    return "\n".join(lines)
+
+
+LatencyFn = Callable[[str, "str | None", Path], dict[str, Any]]
+
+
+def bench_latency(
+    runtimes: dict[str, LatencyFn],
+    *,
+    teacher: str,
+    students: Sequence[str],
+    weights: dict[str, str] | None = None,
+    workdir: Path,
+    say: Callable[[str], None] = lambda s: None,
+) -> dict[str, Any]:
+    """Latency of the teacher and each student on every runtime, in one process.
+
+    Args:
+        runtimes: Runtime name -> ``fn(network, weights_or_None, workdir) -> {"median_ms",
+            "p90_ms", ...}`` (``deploy_jetson.release.latency_runtimes`` and
+            ``deploy_ascend.release.latency_runtimes``).
+        teacher: Teacher network.
+        students: Student networks.
+        weights: Network -> weights file (others get seeded random weights).
+        workdir: Scratch folder for exported files.
+        say: Progress messages.
+
+    Returns:
+        ``{"shape", "runtimes": {runtime: {network: figures}}, "speedup": {runtime:
+        {student: teacher_median / student_median}}}``.
+    """
+    weights = weights or {}
+    networks = [teacher, *[s for s in students if s != teacher]]
+    table: dict[str, dict[str, Any]] = {}
+    speedup: dict[str, dict[str, float]] = {}
+    for runtime, fn in runtimes.items():
+        table[runtime] = {}
+        for net in networks:
+            say(f"[{runtime}] {net}")
+            sub = workdir / runtime
+            sub.mkdir(parents=True, exist_ok=True)
+            table[runtime][net] = fn(net, weights.get(net), sub)
+        t = table[runtime][teacher]["median_ms"]
+        speedup[runtime] = {s: t / table[runtime][s]["median_ms"] for s in networks[1:]}
+    return {
+        "kind": "irkd-bench-latency",
+        "shape": [1, 1, 256, 256],
+        "teacher": teacher,
+        "students": list(networks[1:]),
+        "weights": weights,
+        "runtimes": table,
+        "speedup": speedup,
+    }
+
+
+def format_latency(result: dict[str, Any]) -> str:
+    """A table: runtime, network, median and p90 latency (ms), speedup over the teacher."""
+    head = f"{'runtime':<20} {'network':<12} {'median ms':>10} {'p90 ms':>9} {'speedup':>8}"
+    lines = [f"latency at batch 1, input {result['shape']}", head, "-" * len(head)]
+    for runtime, nets in result["runtimes"].items():
+        for net, fig in nets.items():
+            sp = result["speedup"][runtime].get(net)
+            sp_s = "teacher" if net == result["teacher"] else f"{sp:.2f}x"
+            lines.append(
+                f"{runtime:<20} {net:<12} {fig['median_ms']:>10.2f} "
+                f"{fig.get('p90_ms', float('nan')):>9.2f} {sp_s:>8}"
+            )
     return "\n".join(lines)

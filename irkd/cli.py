@@ -18,11 +18,6 @@ EXIT_OK = 0
 EXIT_FAIL = 1
 EXIT_USAGE = 2
 
-_PLANNED = {
-    "export": "export MindIR / ONNX artifacts",
-    "release": "build a gated release for Ascend and Jetson",
-}
-
 
 def _cmd_data_check(args: argparse.Namespace) -> int:
     from irkd.data import check_dataset, format_report
@@ -290,6 +285,148 @@ def _cmd_bench_steps(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _release_backends(targets: Sequence[str], warmup: int = 10, runs: int = 50) -> list:
+    """The ReleaseBackend of each target (imports the deploy packages)."""
+    from irkd.release import ReleaseBackend
+
+    out = []
+    if "ascend" in targets:
+        from deploy_ascend import release as asc
+
+        out.append(
+            ReleaseBackend(
+                "ascend",
+                asc.export_for_release,
+                lambda i, d: asc.release_latency(i, d, warmup=warmup, runs=runs),
+                asc.versions,
+            )
+        )
+    if "jetson" in targets:
+        from deploy_jetson import release as jet
+
+        out.append(
+            ReleaseBackend(
+                "jetson",
+                jet.export_for_release,
+                lambda i, d: jet.release_latency(i, d, warmup=warmup, runs=runs),
+                jet.versions,
+            )
+        )
+    return out
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from irkd.gate import check_gate
+    from irkd.release import export_model
+
+    if not args.parity:
+        raise ValueError(
+            "irkd export needs --parity REPORT: a passing `irkd parity --weights FILE --out "
+            "REPORT` for these exact weights (no artifact from weights whose parity failed)"
+        )
+    check_gate(args.parity, [args.weights])  # before importing any framework
+    targets = ["ascend", "jetson"] if args.target == "both" else [args.target]
+    summary = export_model(
+        args.weights,
+        args.out,
+        report=args.parity,
+        backends=_release_backends(targets),
+        overwrite=args.overwrite,
+        say=lambda s: print(s, file=sys.stderr, flush=True),
+    )
+    for f in summary["files"]:
+        print(f"{f['path']:<50} {f['bytes']:>10}  {f['sha256'][:16]}")
+    print(f"export: {args.out} (export.json)")
+    return EXIT_OK
+
+
+def _cmd_release(args: argparse.Namespace) -> int:
+    from irkd.release import build_release
+
+    if not args.parity:
+        raise ValueError(
+            "irkd release needs --parity REPORT: a passing `irkd parity --weights TEACHER "
+            "--weights STUDENT --out REPORT` for these exact weights (the release gate)"
+        )
+    from irkd.gate import check_gate
+
+    check_gate(args.parity, [args.teacher, args.student])  # before importing any framework
+    from deploy_jetson import release as jet
+
+    backends = _release_backends(["ascend", "jetson"], args.warmup, args.runs)
+
+    def evaluate(info, root: Path) -> dict:
+        data = args.data or info.data_root
+        if not data or not Path(data).is_dir():
+            raise ValueError(
+                f"the student's dataset {data!r} is not a folder here: pass --data ROOT"
+            )
+        onnx = root / "jetson" / "student" / f"{info.network}_dynamic.onnx"
+        return jet.evaluate_onnx(
+            onnx, data, mean=info.mean, std=info.std, split=args.split, multiple=info.multiple
+        )
+
+    manifest = build_release(
+        args.teacher,
+        args.student,
+        args.out,
+        report=args.parity,
+        backends=backends,
+        evaluate=None if args.no_eval else evaluate,
+        overwrite=args.overwrite,
+        say=lambda s: print(s, file=sys.stderr, flush=True),
+    )
+    m = manifest["metrics"]["student"]
+    if m:
+        print(
+            f"student {manifest['models']['student']['network']} on {m['split']} "
+            f"({m['runtime']}, {m['artifact']}): IoU {100 * m['iou']:.2f}% | "
+            f"nIoU {100 * m['niou']:.2f}% | Pd {100 * m['pd']:.2f}% | Fa {m['fa_1e6']:.2f}e-6"
+        )
+    for runtime, ratio in manifest["speedup_teacher_over_student"].items():
+        lat = manifest["latency"][runtime]
+        print(
+            f"{runtime:<20} teacher {lat['teacher']['median_ms']:8.2f} ms  student "
+            f"{lat['student']['median_ms']:8.2f} ms  speedup {ratio:.2f}x"
+        )
+    print(f"release: {args.out} ({len(manifest['files'])} files, manifest.json)")
+    return EXIT_OK
+
+
+def _cmd_bench_latency(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from irkd.bench import bench_latency, format_latency
+
+    runtimes = {}
+    if args.backend in ("jetson", "both"):
+        from deploy_jetson import release as jet
+
+        runtimes.update(jet.latency_runtimes(warmup=args.warmup, runs=args.runs))
+    if args.backend in ("ascend", "both"):
+        from deploy_ascend import release as asc
+
+        runtimes.update(asc.latency_runtimes(warmup=args.warmup, runs=args.runs))
+    weights = dict(w.split("=", 1) for w in args.weights)
+    students = [s.strip() for s in args.students.split(",") if s.strip()]
+    with tempfile.TemporaryDirectory(prefix="irkd-latency-") as tmp:
+        result = bench_latency(
+            runtimes,
+            teacher=args.teacher,
+            students=students,
+            weights=weights,
+            workdir=Path(tmp),
+            say=lambda s: print(s, file=sys.stderr, flush=True),
+        )
+    print(format_latency(result))
+    if args.out:
+        from irkd.reports import write_json_atomic
+
+        write_json_atomic(Path(args.out), result)
+        print(f"written: {args.out}")
+    return EXIT_OK
+
+
 def _cmd_parity(args: argparse.Namespace) -> int:
     import time
 
@@ -512,15 +649,6 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _not_built(name: str) -> Callable[[argparse.Namespace], int]:
-    def handler(args: argparse.Namespace) -> int:
-        what = _PLANNED.get(name, "inference latency of teacher and students")
-        print(f"irkd {name}: not built yet ({what}).", file=sys.stderr)
-        return EXIT_USAGE
-
-    return handler
-
-
 def build_parser() -> argparse.ArgumentParser:
     """Build a fresh parser (callers may build as many as they like)."""
     parser = argparse.ArgumentParser(
@@ -665,14 +793,53 @@ def build_parser() -> argparse.ArgumentParser:
     steps.add_argument("--pynative", action="store_true", help="MindSpore PyNative, not GRAPH")
     steps.add_argument("--out", help="JSON file for the rows")
     steps.set_defaults(func=_cmd_bench_steps)
-    lat = bsub.add_parser("latency", help="inference latency (not built yet)")
-    lat.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
-    lat.set_defaults(func=_not_built("bench latency"))
+    lat = bsub.add_parser(
+        "latency",
+        help="teacher and student latency (batch 1, 1x1x256x256) on every runtime present",
+    )
+    lat.add_argument("--teacher", default="dnanet")
+    lat.add_argument(
+        "--students", default="dnanet_xs,dnanet_s,dnanet_xxs", help="comma-separated networks"
+    )
+    lat.add_argument(
+        "--weights",
+        action="append",
+        default=[],
+        metavar="NET=FILE",
+        help="trained weights of a network (default: seeded random: speed does not depend on them)",
+    )
+    lat.add_argument("--backend", choices=["jetson", "ascend", "both"], default="both")
+    lat.add_argument("--warmup", type=int, default=10)
+    lat.add_argument("--runs", type=int, default=50)
+    lat.add_argument("--out", help="JSON file")
+    lat.set_defaults(func=_cmd_bench_latency)
 
-    for name, text in _PLANNED.items():
-        p = sub.add_parser(name, help=f"{text} (not built yet)")
-        p.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
-        p.set_defaults(func=_not_built(name))
+    exp = sub.add_parser(
+        "export", help="gated export of one network: MindIR (Ascend) and/or ONNX (Jetson)"
+    )
+    exp.add_argument("--weights", required=True, help="a run's best.safetensors")
+    exp.add_argument("--parity", help="passing parity report for these exact weights")
+    exp.add_argument("--target", choices=["ascend", "jetson", "both"], default="both")
+    exp.add_argument("--out", required=True, help="output folder (must not exist)")
+    exp.add_argument("--overwrite", action="store_true")
+    exp.set_defaults(func=_cmd_export)
+
+    rel = sub.add_parser(
+        "release",
+        help="gated release: MindIR (Ascend) and ONNX/TensorRT (Jetson) for teacher and student",
+    )
+    rel.add_argument("--teacher", required=True, help="teacher weights (a run's best.safetensors)")
+    rel.add_argument("--student", required=True, help="student weights")
+    rel.add_argument("--out", required=True, help="release folder (must not exist)")
+    rel.add_argument("--parity", help="passing parity report for these exact weights")
+    rel.add_argument("--data", help="dataset for the student's metrics (default: its run's)")
+    rel.add_argument("--split", default="test")
+    rel.add_argument("--no-eval", action="store_true", help="skip the student's metrics")
+    rel.add_argument("--overwrite", action="store_true", help="replace an existing release")
+    rel.add_argument("--warmup", type=int, default=10)
+    rel.add_argument("--runs", type=int, default=50)
+    rel.set_defaults(func=_cmd_release)
+
     return parser
 
 
@@ -694,10 +861,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except RuntimeError as exc:
         from irkd.engine import NonFiniteLossError
+        from irkd.release import ReleaseError
 
-        if not isinstance(exc, NonFiniteLossError):
+        if not isinstance(exc, NonFiniteLossError | ReleaseError):
             raise
-        # A NaN/Inf loss stops a run cleanly: one line, the last good checkpoint kept.
+        # A NaN/Inf loss stops a run cleanly (the last good checkpoint kept); a failed release
+        # step leaves no partial release: one line either way.
         print(f"irkd: error: {exc}", file=sys.stderr)
         return EXIT_FAIL
     except (ValueError, FileNotFoundError, FileExistsError) as exc:

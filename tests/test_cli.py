@@ -1,16 +1,7 @@
 import subprocess
 import sys
 
-import pytest
-
 from irkd.cli import build_parser, main
-
-
-@pytest.mark.parametrize("name", [["export"], ["release"], ["bench", "latency"]])
-def test_unbuilt_subcommands_say_so_and_exit_2(name, capsys):
-    rc = main(name)
-    assert rc == 2
-    assert "not built yet" in capsys.readouterr().err
 
 
 def test_parsers_are_independent():
