@@ -48,10 +48,12 @@ class Check:
         family: Tolerance family.
         atol: Absolute tolerance used.
         rtol: Relative tolerance used.
+        stol: Tolerance relative to the tensor's largest reference magnitude.
         max_abs: Largest ``|actual - reference|``.
         max_rel: Largest ``|actual - reference| / |reference|`` over elements with
             ``|reference| > 0`` (0 when there are none).
-        ratio: Largest ``|actual - reference| / (atol + rtol * |reference|)``; passes at <= 1.
+        ratio: Largest ``|actual - reference| / (atol + rtol * |reference| + stol * max|ref|)``;
+            passes at <= 1.
         passed: Whether every element is within tolerance (and the shapes and finite
             patterns match).
         shape: Shape of the compared arrays.
@@ -69,6 +71,7 @@ class Check:
     passed: bool
     shape: tuple[int, ...] = ()
     error: str | None = None
+    stol: float = 0.0
 
     def to_json(self) -> dict[str, Any]:
         """Plain-JSON form (non-finite floats as strings)."""
@@ -82,6 +85,7 @@ class Check:
             "family": self.family,
             "atol": self.atol,
             "rtol": self.rtol,
+            "stol": self.stol,
             "max_abs": num(self.max_abs),
             "max_rel": num(self.max_rel),
             "ratio": num(self.ratio),
@@ -131,11 +135,14 @@ def compare(
     max_abs = float(diff.max())
     nz = ref > 0
     max_rel = float((diff[nz] / ref[nz]).max()) if nz.any() else 0.0
-    bound = t.atol + t.rtol * ref
+    bound = t.atol + t.rtol * ref + t.stol * float(ref.max())
     with np.errstate(divide="ignore", invalid="ignore"):
         ratios = np.where(bound > 0, diff / np.where(bound > 0, bound, 1.0), np.inf * (diff > 0))
     ratio = float(np.nan_to_num(ratios, nan=0.0).max())
-    return Check(case, what, family, t.atol, t.rtol, max_abs, max_rel, ratio, ratio <= 1.0, a.shape)
+    return Check(
+        case, what, family, t.atol, t.rtol, max_abs, max_rel, ratio, ratio <= 1.0, a.shape,
+        stol=t.stol,
+    )  # fmt: skip
 
 
 @dataclass
@@ -346,7 +353,7 @@ def format_report(report: Mapping[str, Any], *, all_checks: bool = False) -> str
         for c in rows:
             msg = c["error"] or (
                 f"max abs {c['max_abs']}, max rel {c['max_rel']}, err/tol {c['ratio']} "
-                f"(atol {c['atol']:g}, rtol {c['rtol']:g})"
+                f"(atol {c['atol']:g}, rtol {c['rtol']:g}, stol {c.get('stol', 0.0):g})"
             )
             state = "ok  " if c["passed"] else "FAIL"
             lines.append(f"  {state} {c['case']} [{c['what']}]: {msg}")

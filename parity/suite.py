@@ -20,11 +20,11 @@ from typing import Any
 
 from irkd.reports import write_json_atomic
 from irkd.weights import WeightsError, load_neutral, sha256_file
-from irkd.zoo import MODELS
+from irkd.zoo import MODELS, stage_channels
 
 from .core import Case, Check, Context, build_report, format_report, run_cases, select_cases
 
-__all__ = ["all_cases", "resolve_weights", "run_parity"]
+__all__ = ["all_cases", "resolve_weights", "run_parity", "train_pair"]
 
 
 def resolve_weights(files: Iterable[str | os.PathLike[str]]) -> dict[str, dict[str, Any]]:
@@ -61,17 +61,34 @@ def resolve_weights(files: Iterable[str | os.PathLike[str]]) -> dict[str, dict[s
     return out
 
 
-def all_cases(weights: dict[str, str] | None = None) -> list[Case]:
+def train_pair(weights: dict[str, str] | None) -> dict[str, str]:
+    """Teacher and student of the training cases: the two given networks (the wider one
+    teaches), else the cpu-bench pair (``parity.cases_train`` defaults).
+    """  # noqa: D205
+    if not weights or len(weights) != 2:
+        return {}
+    a, b = sorted(weights, key=lambda n: (stage_channels(n)["enc4"], n), reverse=True)
+    return {"teacher": a, "student": b}
+
+
+def all_cases(
+    weights: dict[str, str] | None = None, ms_modes: Sequence[str] = ("graph", "pynative")
+) -> list[Case]:
     """The full case table (quick cases are flagged ``quick=True``).
 
     Args:
         weights: Network -> neutral weights file; None checks seeded random weights.
+        ms_modes: MindSpore modes to cover.
     """
     from .cases_loss import loss_cases
     from .cases_net import network_cases
     from .cases_train import train_cases
 
-    return [*loss_cases(), *network_cases(weights), *train_cases(weights)]
+    return [
+        *loss_cases(),
+        *network_cases(weights, ms_modes=tuple(ms_modes)),
+        *train_cases(ms_modes=tuple(ms_modes), **train_pair(weights)),
+    ]
 
 
 def run_parity(
@@ -103,7 +120,7 @@ def run_parity(
     """
     info = resolve_weights(weights)
     wmap = {k: v["path"] for k, v in info.items()} or None
-    table = list(cases) if cases is not None else all_cases(wmap)
+    table = list(cases) if cases is not None else all_cases(wmap, ms_modes)
     chosen = select_cases(table, quick=quick, patterns=select)
     ctx = Context(weights=wmap, seed=seed, ms_modes=tuple(ms_modes), quick=quick)
     progress = None if quiet else _progress(len(chosen))

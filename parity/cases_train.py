@@ -1,0 +1,463 @@
+"""Parity cases of training: N steps of the real trainers, MindSpore against PyTorch.
+
+Each case runs :data:`STEPS` steps of a distillation run with both backends' own trainers
+(:class:`ms_impl.train.MSTrainer`, :class:`torch_ref.train.TorchTrainer`, the objects
+``irkd train`` / ``irkd distill`` drive) from the same neutral weights, on the same numpy
+batches, and compares the two after every step:
+
+- the teacher and the student are loaded by the trainers themselves from neutral files
+  (``teacher.checkpoint``, ``model.checkpoint`` of an :class:`irkd.config.ExperimentConfig`):
+  ``ctx.weights`` where it names them, else the seeded random weights of
+  :func:`parity.cases_net.neutral_weights` (shared with the network cases);
+- the distiller's trainable parts (the connector; MGD's generation block) are initialised by
+  PyTorch under ``torch.manual_seed(cfg.seed)``, saved as a neutral file and written into the
+  MindSpore distiller in place (:func:`ms_impl.train.assign_neutral`, strict);
+- ``trainer.step(images, masks, step, lr, where=...)`` with a fixed learning rate
+  (:data:`LR`), ``optim.weight_decay`` and SGD ``momentum`` at their defaults (1e-4, 0.9).
+
+Checks per step ``k`` (1-based, PyTorch the reference):
+
+``loss step k mindspore~pytorch`` (also ``task``, ``kd``)
+    The values ``step`` returned, family ``loss_trajectory``.
+``params step k mindspore~pytorch``
+    Every trainable student and distiller parameter, concatenated into one check, family
+    ``train_sgd`` / ``train_adamw``. When it fails, ``error`` names the worst tensor.
+    SGD: the table's ``train_sgd`` bound. AdamW: the parameters with a gradient (the
+    zero-grad ones below aside), bound :func:`adamw_tolerance` = ``train_adamw`` plus
+    :data:`ADAMW_LR_FRACTION` ``* lr * k``. Adam divides each gradient element by its own
+    running magnitude, so any gradient the two frameworks do not compute alike becomes a
+    parameter difference of a fraction of ``lr``, however small the gradient: measured
+    (2x1x64x64, lr 1e-3) up to 0.03 lr after one step (float32 rounding of the elements
+    whose gradient is below Adam's eps, 1e-8: their float32 gradients are 1-30% off the
+    float64 one) and 0.15 lr a step after three. From the second step on, the two runs'
+    weights differ by float32 rounding, and at the network's kinks (max-pooling, CBAM's
+    channel and spatial max, ReLU) that routes gradients differently: PyTorch's own
+    float64 gradient at MindSpore's weights after two steps differed 9x from the one at
+    PyTorch's weights for the worst element; 2% of the weights were then beyond the
+    ``train_adamw`` row (measured with the optimizers alone, fed identical gradients,
+    MindSpore's AdamW matches PyTorch's to 6e-8). The losses (``loss_trajectory``) stay
+    within 1e-6 and are the tight, bulk check of the AdamW runs.
+``zero-grad params step k mindspore~pytorch`` (AdamW only)
+    The parameter elements whose gradient is zero in exact arithmetic: a conv bias that
+    feeds a train-mode BatchNorm (which removes any per-channel shift; nearly every conv of
+    DNANet has one), or a dead unit. Their float32 gradient is rounding noise, which AdamW
+    divides by its own magnitude, so each framework moves them by up to ``lr`` a step in
+    directions of its own. Family ``train_adamw_zero_grad``, bound
+    ``Tolerance(atol=2 * lr * k, rtol=0)``. **Rule**: an element is zero-grad when its
+    float64 gradient (PyTorch, the first step computed in double precision,
+    :func:`exact_zero_grads`) is at most :data:`ZERO_GRAD_REL` (1e-12) times the largest
+    float64 gradient element of all trained parameters. Measured: the zero-grad elements lie
+    at <= 1e-15 of that maximum, every other element at >= 1e-10, so the split does not
+    depend on float32 noise. (A rule on the float32 gradient relative to its own tensor,
+    ``|g| < 1e-6 max |g|``, cannot find them: a bias tensor that feeds a BatchNorm is noise
+    in all of its elements.)
+``bn running_mean step k mindspore~pytorch``, ``bn running_var step k mindspore~pytorch``
+    Every BatchNorm running mean (variance) of the student and the connector, same family
+    as the parameters. Under AdamW the running means also absorb the zero-grad biases'
+    drift: family ``train_adamw_zero_grad``, ``atol`` = the family's plus
+    ``(1 - 0.9**k) * 2 * lr * (k - 1)`` (see :func:`_stats_checks`).
+
+Cases: ``train/<optimizer>/<mode>`` (method ``msa_awmse`` on :data:`STAGE`, teacher
+:data:`TEACHER`, student :data:`STUDENT`) for ``sgd`` and ``adamw`` and each MindSpore mode,
+``mode`` being ``cfg.train.graph_mode`` of the MindSpore trainer (GRAPH_MODE compiles the
+whole step; PyNative runs it eagerly). Plus one baseline, ``train/sgd/<mode>/mgd``: MGD on
+the same stage, whose generation block is a second trainable distiller part and whose random
+mask comes from the step's noise (``irkd.engine.noise_for``). The quick set is
+``train/sgd/pynative`` and ``train/adamw/pynative`` (both optimizers, no compilation).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from collections.abc import Iterator, Mapping, Sequence
+from functools import partial
+from typing import Any
+
+import numpy as np
+
+from irkd.config import ExperimentConfig, config_from_dict
+
+from .cases_net import (
+    MS_MODES,
+    case_rng,
+    input_shape,
+    keep_alive,
+    neutral_weights,
+    random_mask,
+    scratch_dir,
+    stored_kwargs,
+)
+from .core import Case, Check, Context, compare
+from .tolerances import TOLERANCES, Tolerance
+
+__all__ = [
+    "ADAMW_LR_FRACTION",
+    "LR",
+    "OPTIMIZERS",
+    "STAGE",
+    "STEPS",
+    "STUDENT",
+    "TEACHER",
+    "ZERO_GRAD_REL",
+    "adamw_tolerance",
+    "exact_zero_grads",
+    "train_cases",
+]
+
+TEACHER = "dnanet_s"
+STUDENT = "dnanet_xxs"
+#: Distilled stage (stride 2: teacher 16 channels, student 8, connector 8 -> 16).
+STAGE = "enc1"
+#: Steps per case.
+STEPS = 3
+#: Learning rate by optimizer.
+LR: dict[str, float] = {"sgd": 1e-2, "adamw": 1e-3}
+OPTIMIZERS: tuple[str, ...] = ("sgd", "adamw")
+#: Baseline method of the extra cases (``train/sgd/<mode>/<baseline>``).
+BASELINE = "mgd"
+#: A parameter element is "zero-grad" when ``|g64| <= ZERO_GRAD_REL * max |g64|``.
+ZERO_GRAD_REL = 1e-12
+#: AdamW, parameters with a gradient: ``train_adamw`` plus this fraction of ``lr * step``.
+ADAMW_LR_FRACTION = 0.5
+
+_PAIR = "mindspore~pytorch"
+_STATS = ("running_mean", "running_var")
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _config(
+    ctx: Context, optimizer: str, mode: str, method: str, teacher: str, student: str
+) -> ExperimentConfig:
+    """The experiment both trainers build from (neutral checkpoints for both networks)."""
+    t_file = neutral_weights(ctx, teacher)
+    s_file = neutral_weights(ctx, student)
+    s_kwargs = stored_kwargs(s_file)
+    deep = bool(s_kwargs.pop("deep_supervision", False))
+    return config_from_dict(
+        {
+            "name": "parity",
+            "seed": int(ctx.seed),
+            "model": {"name": student, "kwargs": s_kwargs, "checkpoint": str(s_file)},
+            "teacher": {
+                "name": teacher,
+                "kwargs": stored_kwargs(t_file),
+                "checkpoint": str(t_file),
+            },
+            "method": {"name": method, "stages": [STAGE]},
+            "optim": {"name": optimizer, "lr": LR[optimizer]},
+            "train": {"graph_mode": mode == "graph", "deep_supervision": deep},
+        }
+    )
+
+
+@contextlib.contextmanager
+def _restore_ms_mode() -> Iterator[None]:
+    """Restore MindSpore's context mode after the block (MSTrainer sets it globally)."""
+    import mindspore as ms
+
+    before = ms.get_context("mode")
+    try:
+        yield
+    finally:
+        ms.set_context(mode=before)
+
+
+def _ms_state(tr: Any) -> dict[str, np.ndarray]:
+    from ms_impl.weights import net_to_neutral
+
+    out = {f"student/{k}": v for k, v in net_to_neutral(tr.student).items()}
+    if tr.distiller is not None:
+        out.update({f"distiller/{k}": v for k, v in net_to_neutral(tr.distiller).items()})
+    return out
+
+
+def _torch_state(tr: Any) -> dict[str, np.ndarray]:
+    from torch_ref.weights import state_to_neutral
+
+    out = {f"student/{k}": v for k, v in state_to_neutral(tr.student).items()}
+    if tr.distiller is not None:
+        out.update({f"distiller/{k}": v for k, v in state_to_neutral(tr.distiller).items()})
+    return out
+
+
+def exact_zero_grads(
+    tr: Any, images: np.ndarray, masks: np.ndarray, step: int, rel: float = ZERO_GRAD_REL
+) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+    """Which trained parameter elements have an exactly-zero gradient (float64 PyTorch).
+
+    Runs ``tr.losses`` on float64 copies of the trainer's networks (train mode, as in the
+    step) and marks the elements with ``|g| <= rel * max |g|`` over all trained parameters.
+
+    Args:
+        tr: A :class:`torch_ref.train.TorchTrainer` (left untouched).
+        images: The batch.
+        masks: Its masks.
+        step: Global step (noise).
+        rel: Threshold relative to the largest gradient element.
+
+    Returns:
+        ``(masks, stats)``: ``student/<name>`` / ``distiller/<name>`` -> bool array (True:
+        zero-grad), and ``{"gmax", "zero_max", "nonzero_min"}`` (the largest gradient, the
+        largest zero-grad and the smallest other gradient element, all ``|g|``).
+    """
+    twin = copy.copy(tr)
+    twin.student = copy.deepcopy(tr.student).double()
+    twin.teacher = copy.deepcopy(tr.teacher).double() if tr.teacher is not None else None
+    twin.distiller = copy.deepcopy(tr.distiller).double() if tr.distiller is not None else None
+    twin.student.train()
+    if twin.distiller is not None:
+        twin.distiller.train()
+    loss, _ = twin.losses(images.astype(np.float64), masks.astype(np.float64), step)
+    loss.backward()
+    grads: dict[str, np.ndarray] = {}
+    for prefix, net in (("student", twin.student), ("distiller", twin.distiller)):
+        if net is None:
+            continue
+        for name, p in net.named_parameters():
+            g = p.grad
+            grads[f"{prefix}/{name}"] = (
+                np.zeros(tuple(p.shape)) if g is None else np.abs(g.detach().numpy())
+            )
+    gmax = max(float(g.max()) for g in grads.values() if g.size)
+    zero = {k: g <= rel * gmax for k, g in grads.items()}
+    zero_vals = np.concatenate([g[zero[k]] for k, g in grads.items()])
+    other = np.concatenate([g[~zero[k]] for k, g in grads.items()])
+    stats = {
+        "gmax": gmax,
+        "zero_max": float(zero_vals.max()) if zero_vals.size else 0.0,
+        "nonzero_min": float(other.min()) if other.size else 0.0,
+    }
+    return zero, stats
+
+
+def _merged_check(
+    case: str,
+    what: str,
+    actual: Mapping[str, np.ndarray],
+    reference: Mapping[str, np.ndarray],
+    family: str,
+    select: Mapping[str, np.ndarray] | None = None,
+    tol: Tolerance | None = None,
+) -> Check:
+    """One check over many tensors (their selected elements, concatenated).
+
+    A failed check's ``error`` names the worst tensor and its figures.
+    """
+    names = sorted(reference)
+    if set(actual) != set(reference):
+        diff = sorted(set(actual) ^ set(reference))
+        return Check(
+            case, what, family, 0.0, 0.0, np.inf, np.inf, np.inf, False,
+            error=f"tensors on one side only: {diff[:8]}",
+        )  # fmt: skip
+
+    def pick(d: Mapping[str, np.ndarray], n: str) -> np.ndarray:
+        a = np.asarray(d[n], dtype=np.float64)
+        return a[select[n]] if select is not None else a.ravel()
+
+    checks = {
+        n: compare(case, what, pick(actual, n), pick(reference, n), family, tol) for n in names
+    }
+    merged = compare(
+        case,
+        what,
+        np.concatenate([pick(actual, n) for n in names]),
+        np.concatenate([pick(reference, n) for n in names]),
+        family,
+        tol,
+    )
+    if not merged.passed:
+        worst = max(names, key=lambda n: checks[n].ratio)
+        w = checks[worst]
+        merged.error = (
+            f"worst tensor {worst}: max abs {w.max_abs:.3g}, max rel {w.max_rel:.3g}, "
+            f"err/tol {w.ratio:.3g} (atol {merged.atol:g}, rtol {merged.rtol:g})"
+        )
+    return merged
+
+
+def adamw_tolerance(lr: float, step: int) -> Tolerance:
+    """The bound of the AdamW parameters that have a gradient, after ``step`` steps.
+
+    The ``train_adamw`` row plus :data:`ADAMW_LR_FRACTION` ``* lr * step``: Adam divides
+    each gradient element by its own running magnitude, so a gradient that the two
+    frameworks do not compute alike becomes a difference of a fraction of ``lr``, however
+    small the gradient. Two sources (measured, see the module docstring): float32 rounding of
+    gradients below Adam's ``eps`` (1e-8), and, from the second step on, the kinks of the
+    network (max-pooling, CBAM's channel and spatial max, ReLU), where weights that differ by
+    float32 rounding route a gradient differently.
+    """
+    base = TOLERANCES["train_adamw"]
+    extra = ADAMW_LR_FRACTION * lr * step
+    return Tolerance(
+        base.atol + extra,
+        base.rtol,
+        f"train_adamw plus {ADAMW_LR_FRACTION:g} * lr * step = {extra:.3g} (lr {lr:g}, "
+        f"step {step}): Adam maps any gradient disagreement to a fraction of lr",
+    )
+
+
+def _stats_checks(
+    case: str,
+    n: int,
+    ms_w: Mapping[str, np.ndarray],
+    th_w: Mapping[str, np.ndarray],
+    names: Sequence[str],
+    family: str,
+    lr: float,
+    adam: bool,
+) -> list[Check]:
+    """``bn running_mean step n`` and ``bn running_var step n`` (student and connector).
+
+    Under AdamW the running means absorb the drift of the zero-grad conv biases that feed
+    each BatchNorm (a batch mean contains the bias; the variance does not): the forward of
+    step ``j`` sees biases up to ``2 * lr * (j - 1)`` apart, and the running mean, a
+    momentum-0.1 average, at most ``(1 - 0.9**n) * 2 * lr * (n - 1)`` apart. That bound is
+    added to the family's ``atol`` (family ``train_adamw_zero_grad``).
+    """
+    pair = _PAIR
+    out = []
+    for kind in _STATS:
+        sel = [s for s in names if s.endswith(kind)]
+        fam, tol = family, None
+        if adam and kind == "running_mean":
+            base = TOLERANCES[family]
+            drift = (1.0 - 0.9**n) * 2.0 * lr * (n - 1)
+            fam = "train_adamw_zero_grad"
+            tol = Tolerance(
+                base.atol + drift,
+                base.rtol,
+                f"{family} plus the running mean's share of the zero-grad bias drift after "
+                f"{n} AdamW steps at lr {lr:g}: (1 - 0.9^n) * 2 * lr * (n - 1) = {drift:.3g}",
+            )
+        out.append(
+            _merged_check(
+                case,
+                f"bn {kind} step {n} {pair}",
+                {s: ms_w[s] for s in sel if s in ms_w},
+                {s: th_w[s] for s in sel},
+                fam,
+                tol=tol,
+            )
+        )
+    return out
+
+
+# --------------------------------------------------------------------------- the case
+
+
+def _train_case(
+    optimizer: str, mode: str, method: str, teacher: str, student: str, ctx: Context
+) -> list[Check]:
+    """``train/<optimizer>/<mode>[/<method>]``: N steps in both trainers, compared per step."""
+    from irkd.weights import save_neutral
+    from ms_impl.train import MSTrainer, assign_neutral
+    from torch_ref.train import TorchTrainer
+    from torch_ref.weights import state_to_neutral
+
+    suffix = "" if method == "msa_awmse" else f"/{method}"
+    case = f"train/{optimizer}/{mode}{suffix}"
+    if mode not in ctx.ms_modes:
+        raise ValueError(f"{case}: mode {mode!r} is not in ctx.ms_modes {ctx.ms_modes}")
+    cfg = _config(ctx, optimizer, mode, method, teacher, student)
+    lr = LR[optimizer]
+    fam = f"train_{optimizer}"
+    rng = case_rng(ctx, case)
+    b, c, h, w = input_shape(ctx)
+    batches = [
+        (rng.standard_normal((b, c, h, w)).astype(np.float32), random_mask(rng, (b, 1, h, w)))
+        for _ in range(STEPS)
+    ]
+
+    th = TorchTrainer(cfg, device="cpu")
+    d_file = scratch_dir(ctx) / f"{case.replace('/', '_')}-distiller.safetensors"
+    save_neutral(d_file, state_to_neutral(th.distiller), source="torch")
+    zero: dict[str, np.ndarray] | None = None
+    if optimizer == "adamw":
+        zero, _ = exact_zero_grads(th, *batches[0], 0)
+
+    checks: list[Check] = []
+    with _restore_ms_mode():
+        ms_tr = MSTrainer(cfg)
+        keep_alive(ms_tr)
+        assign_neutral(ms_tr.distiller, d_file, network="distiller")
+        ms_tr.train_mode()
+        th.train_mode()
+        for k, (x, m) in enumerate(batches):
+            a = ms_tr.step(x, m, k, lr, where=f"{case} step {k} (MindSpore)")
+            ref = th.step(x, m, k, lr, where=f"{case} step {k} (PyTorch)")
+            n = k + 1
+            for key in ("loss", "task", "kd"):
+                checks.append(
+                    compare(case, f"{key} step {n} {_PAIR}", a[key], ref[key], "loss_trajectory")
+                )
+            ms_w, th_w = _ms_state(ms_tr), _torch_state(th)
+            stats = [k_ for k_ in th_w if k_.endswith(_STATS)]
+            params = [k_ for k_ in th_w if not k_.endswith(_STATS)]
+            sel = {p: ~zero[p] for p in params} if zero is not None else None
+            checks.append(
+                _merged_check(
+                    case,
+                    f"params step {n} {_PAIR}",
+                    {p: ms_w[p] for p in params if p in ms_w},
+                    {p: th_w[p] for p in params},
+                    fam,
+                    sel,
+                    adamw_tolerance(lr, n) if zero is not None else None,
+                )
+            )
+            if zero is not None:
+                tol = Tolerance(
+                    2.0 * lr * n,
+                    0.0,
+                    f"zero-grad elements after {n} AdamW steps: each framework moves them by "
+                    f"up to lr = {lr:g} a step",
+                )
+                checks.append(
+                    _merged_check(
+                        case,
+                        f"zero-grad params step {n} {_PAIR}",
+                        {p: ms_w[p] for p in params if p in ms_w},
+                        {p: th_w[p] for p in params},
+                        "train_adamw_zero_grad",
+                        zero,
+                        tol,
+                    )
+                )
+            checks += _stats_checks(case, n, ms_w, th_w, stats, fam, lr, zero is not None)
+    return checks
+
+
+def train_cases(
+    *,
+    teacher: str = TEACHER,
+    student: str = STUDENT,
+    ms_modes: Sequence[str] = MS_MODES,
+) -> list[Case]:
+    """The training cases (see the module docstring).
+
+    Args:
+        teacher: Teacher network (its weights: ``ctx.weights[teacher]`` or seeded random).
+        student: Student network (likewise).
+        ms_modes: MindSpore modes to cover (pass ``ctx.ms_modes``).
+
+    Returns:
+        ``train/<optimizer>/<mode>`` for :data:`OPTIMIZERS` x ``ms_modes`` (msa_awmse), and
+        ``train/sgd/<mode>/mgd``; the PyNative msa_awmse cases are the quick set.
+    """
+    bad = [m for m in ms_modes if m not in MS_MODES]
+    if bad:
+        raise ValueError(f"unknown MindSpore modes {bad}; valid: {MS_MODES}")
+    needs = (teacher, student)
+    cases = []
+    for opt in OPTIMIZERS:
+        for mode in ms_modes:
+            fn = partial(_train_case, opt, mode, "msa_awmse", teacher, student)
+            cases.append(Case(f"train/{opt}/{mode}", f"train_{opt}", fn, mode == "pynative", needs))
+    for mode in ms_modes:
+        fn = partial(_train_case, "sgd", mode, BASELINE, teacher, student)
+        cases.append(Case(f"train/sgd/{mode}/{BASELINE}", "train_sgd", fn, False, needs))
+    return cases
