@@ -7,28 +7,21 @@
 - :func:`mindir_info` reads the input/output names, shapes and dtypes from the file (protobuf
   only, nothing is compiled).
 
-Dynamic shapes (``dynamic=True``: input ``[None, C, None, None]``) are not supported by the
-registered networks under MindSpore 2.10 (measured on CPU, every DNANet and U-Net variant):
+Dynamic shapes (``dynamic=True``: input ``[None, C, None, None]``): every registered network
+exports and runs with dynamic batch, H and W (checked at 1x256x256, 2x128x160, 1x96x64:
+identical to the eager network). Two things in the model files make that possible under
+MindSpore 2.10, and a network that breaks them fails here with :class:`DynamicShapeError`:
 
-1. Dynamic H, W: :func:`mindspore.export` fails while compiling. ``ops.interpolate(x,
-   size=(ref.shape[2], ref.shape[3]))`` (DNANet's ``_to``, U-Net's ``_up_cat``) gets a variable
-   ``size`` and ``check_positive_int_sequence_const`` demands constants: *"ValueError: When
-   handling script '__call_func_str__(__input_0__,) in graph mode', the inputs should be
-   constant, but found variable ..."*.
-2. Dynamic batch only (``[None, C, H, W]``): the export succeeds but the loaded graph fails at
-   its first run: ``ops.interpolate`` leaves its ``dim_unknown is False`` test as run-time
-   control flow, which the GraphCell cannot execute (*"RuntimeError: Failed to get from actor
-   by backend node ... is_ ... BoolImm false"*, then *"The actor already exists"*).
-3. With the resize fixed (below), DNANet's own input check (``x.shape[2] % 16``, ``raise``)
-   becomes a run-time ``raise`` primitive: *"Catch primitive:raise InferPrimitiveShape
-   exception"*.
+1. Resizes use the ``ResizeBilinearV2`` primitive directly (the one ``ops.interpolate`` calls
+   for bilinear, so the numbers are the same): ``ops.interpolate(x, size=(ref.shape[2],
+   ref.shape[3]))`` demands a constant size (*"the inputs should be constant, but found
+   variable ..."*), and with a dynamic batch only it leaves run-time control flow the
+   GraphCell cannot execute (*"Failed to get from actor ... BoolImm false"*).
+2. DNANet's input check (H, W multiples of 16) runs only where the shape is constant
+   (``F.isconstant``): a run-time ``raise`` primitive does not infer (*"Catch primitive:raise
+   InferPrimitiveShape exception"*). Callers of a dynamic MindIR pad to a multiple of 32.
 
-Fix (in the model files, not applied here; verified on a patched copy of DNANet, outputs equal
-to the eager network at 1x256x256, 2x128x192, 1x96x80): resize with
-``ops.operations.ResizeBilinearV2(align_corners=True, half_pixel_centers=False)(x, (H, W))`` (the
-primitive ``ops.interpolate`` calls for bilinear, so the numbers do not change) and guard the
-shape check with ``ops.isconstant(x.shape)``. Until then ``export_mindir(dynamic=True)`` probes
-the exported graph and raises :class:`DynamicShapeError` with the reason.
+``export_mindir(dynamic=True)`` probes the exported graph at a second shape before it keeps it.
 """
 
 from __future__ import annotations
@@ -160,7 +153,7 @@ def export_mindir(
 
     Raises:
         DynamicShapeError: ``dynamic=True`` and the network does not export or does not run
-            with a dynamic shape (every registered network under MindSpore 2.10: see the
+            with a dynamic shape (see the
             module docstring). Nothing is written.
         ValueError: A non-positive size.
     """

@@ -58,3 +58,39 @@ def test_cli_bench_steps_pytorch_tiny(tmp_path, capsys):
     rows = json.loads(out.read_text())["rows"]
     assert len(rows) == 3 and all(r["median_s"] > 0 for r in rows)
     assert "distill dnanet_xxs->dnanet_xxs" in capsys.readouterr().out
+
+
+def test_bench_latency_orchestration(tmp_path):
+    from irkd.bench import bench_latency, format_latency
+
+    calls = []
+
+    def rt(network, weights, workdir):
+        calls.append((network, weights, workdir.name))
+        return {"median_ms": {"t": 10.0, "s1": 2.0, "s2": 5.0}[network], "p90_ms": 1.0}
+
+    res = bench_latency(
+        {"fake": rt}, teacher="t", students=["s1", "s2", "t"], weights={"s1": "w"}, workdir=tmp_path
+    )
+    assert [c[0] for c in calls] == ["t", "s1", "s2"] and calls[1][1] == "w"
+    assert res["speedup"] == {"fake": {"s1": 5.0, "s2": 2.0}}
+    text = format_latency(res)
+    assert "5.00x" in text and "teacher" in text
+
+
+def test_cli_bench_latency_real_runtimes_tiny(tmp_path, capsys):
+    out = tmp_path / "lat.json"
+    rc = main(
+        ["bench", "latency", "--teacher", "unet_s", "--students", "dnanet_xxs",
+         "--warmup", "1", "--runs", "2", "--out", str(out)]
+    )  # fmt: skip
+    assert rc == 0
+    res = json.loads(out.read_text())
+    assert {"pytorch-cpu", "onnxruntime-cpu", "mindspore-pynative", "mindir-graphcell"} <= set(
+        res["runtimes"]
+    )
+    for runtime, nets in res["runtimes"].items():
+        assert set(nets) == {"unet_s", "dnanet_xxs"}
+        assert all(v["median_ms"] > 0 for v in nets.values()), runtime
+        assert res["speedup"][runtime]["dnanet_xxs"] > 0
+    assert "median ms" in capsys.readouterr().out

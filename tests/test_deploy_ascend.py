@@ -13,7 +13,7 @@ from typing import Any
 import mindspore as ms
 import numpy as np
 import pytest
-from mindspore import nn
+from mindspore import nn, ops
 
 import ms_impl  # noqa: F401  (sets the oneDNN ISA before the first convolution)
 from deploy_ascend import latency, lite, mindir_export
@@ -143,15 +143,34 @@ def test_dynamic_export_works_where_the_network_allows_it(tmp_path: Path) -> Non
 
 
 @pytest.mark.parametrize("name", ["dnanet_xs", "unet_s"])
-def test_dynamic_export_of_registered_networks_raises_clearly(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str
+def test_dynamic_export_of_registered_networks(tmp_path: Path, name: str) -> None:
+    net = _net(name)
+    path = export_mindir(net, tmp_path / name, dynamic=True)
+    assert mindir_info(path)["inputs"][0]["shape"] == [-1, 1, -1, -1]
+    shapes = [(1, 1, 256, 256), (2, 1, 128, 160), (1, 1, 96, 64)]
+    diff = roundtrip_check(path, net, [_x(s, seed=i) for i, s in enumerate(shapes)])
+    assert diff <= TOL
+
+
+class _ConstSizeResize(nn.Cell):
+    """ops.interpolate with a size read from the input: MindSpore needs it constant."""
+
+    def construct(self, x: ms.Tensor) -> ms.Tensor:
+        y = ops.max_pool2d(x, 2, 2)
+        return ops.interpolate(
+            y, size=(x.shape[2], x.shape[3]), mode="bilinear", align_corners=True
+        )
+
+
+def test_dynamic_export_that_cannot_work_raises_clearly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # MindSpore 2.10 writes analyze_fail.ir under ./rank_0 on a failed compile: keep it here.
     monkeypatch.chdir(tmp_path)
     with pytest.raises(DynamicShapeError, match="interpolate") as err:
-        export_mindir(_net(name), tmp_path / name, dynamic=True)
+        export_mindir(_ConstSizeResize(), tmp_path / "bad", dynamic=True, height=32, width=32)
     assert "dynamic=False" in str(err.value)
-    assert not (tmp_path / f"{name}.mindir").exists()
+    assert not (tmp_path / "bad.mindir").exists()
     assert _leftovers(tmp_path) == []
 
 

@@ -28,8 +28,14 @@ from collections.abc import Sequence
 
 import mindspore as ms
 from mindspore import nn, ops
+from mindspore.ops import functional as F
+from mindspore.ops import operations as P
 
 from irkd.zoo import HEAD_BIAS
+
+# Bilinear resize, align_corners=True, to an explicit (H, W): the primitive ops.interpolate
+# calls for this mode, used directly so that the size may be dynamic (MindIR export).
+resize_bilinear_ac = P.ResizeBilinearV2(align_corners=True, half_pixel_centers=False)
 
 __all__ = [
     "ChannelAttention",
@@ -62,10 +68,13 @@ def _bn(c: int) -> nn.BatchNorm2d:
 
 
 def _to(x: ms.Tensor, ref: ms.Tensor) -> ms.Tensor:
-    """Bilinear resize of ``x`` to ``ref``'s H, W (explicit size, ``align_corners=True``)."""
-    return ops.interpolate(
-        x, size=(ref.shape[2], ref.shape[3]), mode="bilinear", align_corners=True
-    )
+    """Bilinear resize of ``x`` to ``ref``'s H, W (explicit size, ``align_corners=True``).
+
+    The primitive ``ops.interpolate`` itself calls for this mode (the same numbers), used
+    directly because ``ops.interpolate`` demands a constant size and so blocks a MindIR with
+    dynamic H, W (see ``deploy_ascend.mindir_export``).
+    """
+    return resize_bilinear_ac(x, (ref.shape[2], ref.shape[3]))
 
 
 def _check_ints(name: str, value: Sequence[int], length: int) -> tuple[int, ...]:
@@ -316,7 +325,11 @@ class DNANet(nn.Cell):
         Raises:
             ValueError: H or W is not a multiple of 16.
         """
-        if x.ndim != 4 or x.shape[2] % _STRIDE != 0 or x.shape[3] % _STRIDE != 0:
+        # Checked where the shape is known at compile time (always, except in a MindIR
+        # exported with dynamic H, W, whose users must pad to a multiple of 16 themselves).
+        if F.isconstant(x.shape) and (
+            x.ndim != 4 or x.shape[2] % _STRIDE != 0 or x.shape[3] % _STRIDE != 0
+        ):
             raise ValueError("DNANet expects (B, C, H, W) input with H and W multiples of 16")
 
         x0_0 = self.conv0_0(x)

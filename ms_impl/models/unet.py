@@ -22,8 +22,13 @@ from collections.abc import Sequence
 
 import mindspore as ms
 from mindspore import nn, ops
+from mindspore.ops import operations as P
 
 from irkd.zoo import HEAD_BIAS
+
+# Bilinear resize, align_corners=True, to an explicit (H, W): the primitive ops.interpolate
+# calls for this mode, used directly so that the size may be dynamic (MindIR export).
+resize_bilinear_ac = P.ResizeBilinearV2(align_corners=True, half_pixel_centers=False)
 
 __all__ = ["UNet"]
 
@@ -77,7 +82,7 @@ class UNet(nn.Cell):
 
     def _up_cat(self, skip: ms.Tensor, deep: ms.Tensor) -> ms.Tensor:
         size = (skip.shape[2], skip.shape[3])
-        up = ops.interpolate(deep, size=size, mode="bilinear", align_corners=True)
+        up = resize_bilinear_ac(deep, size)  # ops.interpolate's primitive, dynamic-size safe
         return ops.cat((skip, up), axis=1)
 
     def forward_features(self, x: ms.Tensor) -> tuple[ms.Tensor, dict[str, ms.Tensor]]:
