@@ -19,27 +19,13 @@ from mindspore import nn
 
 import ms_impl  # noqa: F401  (sets ONEDNN_MAX_CPU_ISA before MindSpore's first convolution)
 from deploy_ascend.mindir_export import load_mindir
+from irkd.bench import latency_summary
 from ms_impl.predict import context_mode
 
 __all__ = ["eager_latency", "mindir_latency", "summarize"]
 
 
-def summarize(latencies_ms: Sequence[float]) -> dict[str, float]:
-    """Median, 90th percentile, mean, min and max of latencies in ms.
-
-    Raises:
-        ValueError: No latencies.
-    """
-    a = np.asarray(latencies_ms, dtype=np.float64)
-    if a.size == 0:
-        raise ValueError("summarize: no latencies")
-    return {
-        "median_ms": float(np.median(a)),
-        "p90_ms": float(np.percentile(a, 90)),
-        "mean_ms": float(a.mean()),
-        "min_ms": float(a.min()),
-        "max_ms": float(a.max()),
-    }
+summarize = latency_summary  # kept name: the package's tests and callers use it
 
 
 def _check(shape: Sequence[int], warmup: int, runs: int) -> tuple[int, ...]:

@@ -27,19 +27,19 @@ an Ascend device here.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import importlib
 import math
 import os
 import shlex
-import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+
+from irkd.reports import write_text_atomic
 
 __all__ = [
     "AIPP_INPUT_FORMATS",
@@ -199,18 +199,7 @@ def converter_config(
 
 
 def _write_text_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+    write_text_atomic(path, text, mode=0o644)
 
 
 def aipp_path_for(config_path: str | os.PathLike[str]) -> Path:

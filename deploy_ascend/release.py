@@ -19,6 +19,8 @@ import numpy as np
 from deploy_ascend.latency import eager_latency, mindir_latency
 from deploy_ascend.lite import converter_command, lite_available, run_lite, write_converter_config
 from deploy_ascend.mindir_export import DynamicShapeError, export_mindir, roundtrip_check
+from irkd.bench import latency_summary
+from irkd.bench import release_latency as core_release_latency
 from ms_impl.models import create_model
 from ms_impl.predict import load_network
 
@@ -144,11 +146,7 @@ def latency_runtimes(
         def lite(n: str, w: str | None, d: Path) -> dict[str, Any]:
             x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
             _, lat = run_lite(mindir_of(n, w, d), x, device="cpu", warmup=warmup, runs=runs)
-            return {
-                "median_ms": float(np.median(lat)),
-                "p90_ms": float(np.percentile(lat, 90)),
-                "mean_ms": float(np.mean(lat)),
-            }
+            return keep(latency_summary(lat))
 
         out["mindspore-lite-cpu"] = lite
     return out
@@ -158,12 +156,7 @@ def release_latency(
     infos: Mapping[str, Any], dirs: Mapping[str, Path], *, warmup: int = 10, runs: int = 50
 ) -> dict[str, Any]:
     """Runtime -> role -> latency of the release's teacher and student (batch 1)."""
-    out: dict[str, Any] = {}
-    for runtime, fn in latency_runtimes(warmup=warmup, runs=runs).items():
-        out[runtime] = {
-            role: fn(info.network, str(info.path), dirs[role]) for role, info in infos.items()
-        }
-    return out
+    return core_release_latency(latency_runtimes(warmup=warmup, runs=runs), infos, dirs)
 
 
 def versions() -> dict[str, str]:

@@ -26,6 +26,8 @@ from deploy_jetson.tensorrt_build import (
     trtexec_command,
 )
 from deploy_jetson.trt_ops import DEFAULT_TRT_VERSION, check_trt_ops
+from irkd.bench import latency_summary
+from irkd.bench import release_latency as core_release_latency
 from torch_ref.models import create_model
 from torch_ref.predict import load_network
 
@@ -211,11 +213,7 @@ def latency_runtimes(
             engine = build_engine(onnx_of(n, w, d), d / f"{n}_fp16.engine", fp16=True)
             x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
             _, lat = run_engine(engine, x, warmup=warmup, runs=runs)
-            return {
-                "median_ms": float(np.median(lat)),
-                "p90_ms": float(np.percentile(lat, 90)),
-                "mean_ms": float(np.mean(lat)),
-            }
+            return _summary(latency_summary(lat))
 
         out["tensorrt-fp16"] = trt
     return out
@@ -225,12 +223,7 @@ def release_latency(
     infos: Mapping[str, Any], dirs: Mapping[str, Path], *, warmup: int = 10, runs: int = 50
 ) -> dict[str, Any]:
     """Runtime -> role -> latency of the release's teacher and student (batch 1)."""
-    out: dict[str, Any] = {}
-    for runtime, fn in latency_runtimes(warmup=warmup, runs=runs).items():
-        out[runtime] = {
-            role: fn(info.network, str(info.path), dirs[role]) for role, info in infos.items()
-        }
-    return out
+    return core_release_latency(latency_runtimes(warmup=warmup, runs=runs), infos, dirs)
 
 
 def versions() -> dict[str, str]:

@@ -22,6 +22,8 @@ from irkd.config import ExperimentConfig, config_from_dict
 
 __all__ = [
     "StepTimer",
+    "latency_summary",
+    "release_latency",
     "bench_latency",
     "bench_steps",
     "format_latency",
@@ -200,3 +202,39 @@ def format_latency(result: dict[str, Any]) -> str:
                 f"{fig.get('p90_ms', float('nan')):>9.2f} {sp_s:>8}"
             )
     return "\n".join(lines)
+
+
+def latency_summary(latencies_ms: Sequence[float]) -> dict[str, float]:
+    """``median_ms``, ``p90_ms``, ``mean_ms``, ``min_ms`` and ``max_ms`` of some timings.
+
+    Raises:
+        ValueError: No timings.
+    """
+    values = np.asarray(latencies_ms, dtype=np.float64)
+    if values.size == 0:
+        raise ValueError("no timings to summarise")
+    return {
+        "median_ms": float(np.median(values)),
+        "p90_ms": float(np.percentile(values, 90)),
+        "mean_ms": float(values.mean()),
+        "min_ms": float(values.min()),
+        "max_ms": float(values.max()),
+    }
+
+
+def release_latency(
+    runtimes: dict[str, LatencyFn], infos: Any, dirs: Any
+) -> dict[str, dict[str, Any]]:
+    """Runtime -> role -> latency of a release's models, each runtime in turn.
+
+    Args:
+        runtimes: As for :func:`bench_latency` (a backend's ``latency_runtimes()``).
+        infos: Role -> ``irkd.release.ModelInfo``.
+        dirs: Role -> the folder holding that model's artifacts (reused, not re-exported).
+    """
+    return {
+        runtime: {
+            role: fn(info.network, str(info.path), dirs[role]) for role, info in infos.items()
+        }
+        for runtime, fn in runtimes.items()
+    }

@@ -51,12 +51,45 @@ def to_jsonable(obj: Any) -> Any:
     raise TypeError(f"object of type {type(obj).__name__} has no JSON form: {obj!r}")
 
 
+def write_text_atomic(path: str | os.PathLike[str], text: str, *, mode: int | None = None) -> Path:
+    """Write text so that readers never see a partial file.
+
+    The text goes to a temporary file in the target's folder (created if missing), which is
+    flushed, fsynced and then moved over ``path`` with ``os.replace``.
+
+    Args:
+        path: Destination file.
+        text: The content (UTF-8).
+        mode: File permissions to set before the rename (None: the temporary file's 0o600).
+
+    Returns:
+        The destination path.
+    """
+    dest = Path(path)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        if mode is not None:
+            os.chmod(tmp_name, mode)
+        os.replace(tmp_name, dest)
+    except BaseException:
+        try:
+            os.unlink(tmp_name)
+        except FileNotFoundError:
+            pass
+        raise
+    return dest
+
+
 def write_json_atomic(path: str | os.PathLike[str], obj: Any, *, indent: int = 2) -> Path:
     """Write ``obj`` as JSON so that readers never see a partial file.
 
-    The text goes to a temporary file in the target's folder (created if missing), which is
-    flushed, fsynced and then moved over ``path`` with ``os.replace``. Values are converted by
-    ``to_jsonable`` (NaN -> null, numpy types -> Python types).
+    See :func:`write_text_atomic`. Values are converted by ``to_jsonable`` (NaN -> null, numpy
+    types -> Python types).
 
     Args:
         path: Destination file.
@@ -65,35 +98,9 @@ def write_json_atomic(path: str | os.PathLike[str], obj: Any, *, indent: int = 2
 
     Returns:
         The destination path.
-
     """
-    dest = Path(path)
-    dest.parent.mkdir(parents=True, exist_ok=True)
     text = json.dumps(to_jsonable(obj), indent=indent, allow_nan=False) + "\n"
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp_name, dest)
-    except BaseException:
-        try:
-            os.unlink(tmp_name)
-        except FileNotFoundError:
-            pass
-        raise
-    try:
-        dir_fd = os.open(dest.parent, os.O_RDONLY)
-    except OSError:
-        return dest
-    try:
-        os.fsync(dir_fd)
-    except OSError:
-        pass
-    finally:
-        os.close(dir_fd)
-    return dest
+    return write_text_atomic(path, text)
 
 
 def plot_roc(

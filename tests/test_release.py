@@ -76,11 +76,13 @@ def test_release_builds_both_backends_and_a_true_manifest(release_inputs, capsys
     paths = {f["path"] for f in m["files"]}
     for role, net in (("teacher", TEACHER), ("student", STUDENT)):
         assert f"ascend/{role}/{net}.mindir" in paths
+        assert f"ascend/{role}/{net}_dynamic.mindir" in paths
         assert f"jetson/{role}/{net}.onnx" in paths and f"jetson/{role}/{net}_dynamic.onnx" in paths
         assert f"weights/{role}.safetensors" in paths
         asc = m["artifacts"]["ascend"][role]
         jet = m["artifacts"]["jetson"][role]
         assert asc["checks"]["mindir_vs_eager_max_abs"] <= asc["checks"]["bound"]
+        assert asc["checks"]["mindir_dynamic_vs_eager_max_abs"] <= asc["checks"]["bound"]
         assert "converter_lite --fmk=MINDIR" in asc["commands"]["converter_lite"]
         assert "--optimize=ascend_oriented" in asc["commands"]["converter_lite"]
         assert "trtexec --onnx=" in jet["commands"]["trtexec_fp16"]
