@@ -74,6 +74,7 @@ def bench_steps(
     size: int = 256,
     steps: int = 6,
     seed: int = 0,
+    only: int | None = None,
     **kwargs: Any,
 ) -> list[dict[str, Any]]:
     """Time ``steps`` training steps of each configuration on each backend.
@@ -88,6 +89,9 @@ def bench_steps(
         size: Square crop side.
         steps: Steps timed per configuration (>= 2: the first is reported apart).
         seed: Seed of the batch.
+        only: Time only this configuration (0 teacher, 1 student, 2 distillation): the CLI
+            runs each in a process of its own, so that memory one framework keeps (MindSpore's
+            compiled graphs and pools) does not add up and no run slows the next.
         **kwargs: Passed to :func:`step_configs` (method, stages, optim, graph_mode).
 
     Returns:
@@ -104,7 +108,9 @@ def bench_steps(
         path = Path(tmp) / "teacher.safetensors"
         next(iter(write_teacher.values()))(teacher, path)
         for backend, timer in timers.items():
-            for label, cfg in step_configs(teacher, student, path, **kwargs):
+            for i, (label, cfg) in enumerate(step_configs(teacher, student, path, **kwargs)):
+                if only is not None and i != only:
+                    continue
                 times = timer(cfg, images, masks, steps)
                 rest = sorted(times[1:])
                 med = statistics.median(rest)

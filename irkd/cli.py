@@ -250,39 +250,65 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench_steps(args: argparse.Namespace) -> int:
+    import json
+    import subprocess
+    import tempfile
+
     from irkd.bench import bench_steps, format_steps
 
     backends = ["pytorch", "mindspore"] if args.backend == "both" else [args.backend]
-    timers, writers = {}, {}
-    for b in backends:
-        if b == "pytorch":
+    if args.only is not None and args.backend == "both":
+        raise ValueError("--only needs --backend pytorch or --backend mindspore")
+    if args.only is None:
+        # One process per (backend, run): memory MindSpore keeps (compiled graphs, pools)
+        # would otherwise add up over the runs, and no run slows the next.
+        rows = []
+        with tempfile.TemporaryDirectory(prefix="irkd-steps-") as tmp:
+            for b in backends:
+                for i in range(3):
+                    out = Path(tmp) / f"{b}-{i}.json"
+                    cmd = [sys.executable, "-m", "irkd.cli", *_bench_argv(args, b, i, out)]
+                    subprocess.run(cmd, check=True)
+                    rows += json.loads(out.read_text())["rows"]
+    else:
+        if args.backend == "pytorch":
             from torch_ref import bench as tb
 
-            timers[b], writers[b] = tb.step_times, tb.write_random_weights
+            timer, writer = tb.step_times, tb.write_random_weights
         else:
             from ms_impl import bench as mb
 
-            timers[b], writers[b] = mb.step_times, mb.write_random_weights
-    rows = bench_steps(
-        timers,
-        writers,
-        teacher=args.teacher,
-        student=args.student,
-        batch=args.batch,
-        size=args.size,
-        steps=args.steps,
-        method=args.method,
-        stages=[s.strip() for s in args.stages.split(",") if s.strip()],
-        optim=args.optim,
-        graph_mode=not args.pynative,
-    )
-    print(format_steps(rows))
+            timer, writer = mb.step_times, mb.write_random_weights
+        rows = bench_steps(
+            {args.backend: timer},
+            {args.backend: writer},
+            teacher=args.teacher,
+            student=args.student,
+            batch=args.batch,
+            size=args.size,
+            steps=args.steps,
+            only=args.only,
+            method=args.method,
+            stages=[s.strip() for s in args.stages.split(",") if s.strip()],
+            optim=args.optim,
+            graph_mode=not args.pynative,
+        )
+    if args.only is None:
+        print(format_steps(rows))
     if args.out:
         from irkd.reports import write_json_atomic
 
         write_json_atomic(Path(args.out), {"kind": "irkd-bench-steps", "rows": rows})
-        print(f"written: {args.out}")
+        if args.only is None:
+            print(f"written: {args.out}")
     return EXIT_OK
+
+
+def _bench_argv(args: argparse.Namespace, backend: str, only: int, out: Path) -> list[str]:
+    argv = ["bench", "steps", "--backend", backend, "--only", str(only), "--out", str(out)]
+    for opt in ("teacher", "student", "method", "stages", "optim", "batch", "size", "steps"):
+        argv += [f"--{opt}", str(getattr(args, opt))]
+    return argv + (["--pynative"] if args.pynative else [])
 
 
 def _release_backends(targets: Sequence[str], warmup: int = 10, runs: int = 50) -> list:
@@ -792,6 +818,7 @@ def build_parser() -> argparse.ArgumentParser:
     steps.add_argument("--steps", type=int, default=6, help="steps per run (first reported apart)")
     steps.add_argument("--pynative", action="store_true", help="MindSpore PyNative, not GRAPH")
     steps.add_argument("--out", help="JSON file for the rows")
+    steps.add_argument("--only", type=int, choices=[0, 1, 2], help=argparse.SUPPRESS)
     steps.set_defaults(func=_cmd_bench_steps)
     lat = bsub.add_parser(
         "latency",

@@ -300,6 +300,57 @@ def adamw_tolerance(lr: float, step: int) -> Tolerance:
     )
 
 
+ADAMW_MAX_FRACTION = 0.01
+"""AdamW: at most this fraction of the parameters with a gradient may lie beyond
+:func:`adamw_tolerance` (measured: 0 with seeded random weights; 1.8e-5 of them, 3 elements,
+with the trained cpu-bench dnanet_s -> dnanet_xxs weights in GRAPH_MODE, where a few gradients
+are small enough for float32 to decide their sign)."""
+
+
+def adamw_hard_tolerance(lr: float, step: int) -> Tolerance:
+    """The per-element bound of the AdamW parameters: ``atol + 2 * lr * step``.
+
+    Adam's first steps move an element by about ``lr * sign(g)``: where the two frameworks
+    disagree on the sign of a tiny gradient (float32 cancellation), the two runs differ by up
+    to ``2 * lr`` a step. Beyond that no rounding can go; the bulk is held to
+    :func:`adamw_tolerance` by the fraction check.
+    """
+    base = TOLERANCES["train_adamw"]
+    extra = 2.0 * lr * step
+    return Tolerance(
+        base.atol + extra,
+        base.rtol,
+        f"train_adamw plus 2 * lr * step = {extra:.3g}: the largest difference a gradient "
+        "sign flip can make",
+    )
+
+
+def _fraction_check(
+    case: str,
+    what: str,
+    actual: Mapping[str, np.ndarray],
+    reference: Mapping[str, np.ndarray],
+    select: Mapping[str, np.ndarray],
+    tol: Tolerance,
+) -> Check:
+    """The fraction of selected elements outside ``tol``, checked against
+    :data:`ADAMW_MAX_FRACTION` (family ``train_adamw``).
+    """  # noqa: D205
+    outside, total = 0, 0
+    for n in sorted(reference):
+        a = np.asarray(actual[n], dtype=np.float64)[select[n]]
+        r = np.asarray(reference[n], dtype=np.float64)[select[n]]
+        bound = tol.atol + tol.rtol * np.abs(r)
+        outside += int(np.count_nonzero(np.abs(a - r) > bound))
+        total += int(r.size)
+    frac = outside / max(total, 1)
+    limit = Tolerance(ADAMW_MAX_FRACTION, 0.0, "at most 1% of the elements beyond the bound")
+    check = compare(case, what, frac, 0.0, "train_adamw", limit)
+    if not check.passed:
+        check.error = f"{outside} of {total} elements ({100 * frac:.2f}%) beyond {tol.why}"
+    return check
+
+
 def _stats_checks(
     case: str,
     n: int,
@@ -406,9 +457,20 @@ def _train_case(
                     {p: th_w[p] for p in params},
                     fam,
                     sel,
-                    adamw_tolerance(lr, n) if zero is not None else None,
+                    adamw_hard_tolerance(lr, n) if zero is not None else None,
                 )
             )
+            if zero is not None and sel is not None:
+                checks.append(
+                    _fraction_check(
+                        case,
+                        f"params beyond {ADAMW_LR_FRACTION:g}*lr*step, fraction, step {n} {_PAIR}",
+                        {p: ms_w[p] for p in params if p in ms_w},
+                        {p: th_w[p] for p in params},
+                        sel,
+                        adamw_tolerance(lr, n),
+                    )
+                )
             if zero is not None:
                 tol = Tolerance(
                     2.0 * lr * n,
