@@ -2,7 +2,8 @@
 
 :func:`export_for_release` writes a model's static MindIR (1x1x256x256), re-checks it with
 ``mindspore.load`` + ``nn.GraphCell`` against the eager network, tries the dynamic export
-(dynamic batch, H and W; a network that cannot is recorded, not fatal), and
+(dynamic batch, H and W; a failed dynamic export stops the release: MindSpore compiles
+later graphs wrongly after a failed compile), and
 writes the converter_lite configurations (plain, and with AIPP doing the normalisation) and
 the command. :func:`latency_runtimes` lists the runtimes present here.
 """
@@ -61,7 +62,12 @@ def export_for_release(info: Any, out_dir: Path, spec: Mapping[str, Any]) -> dic
     try:
         dyn = export_mindir(net, out_dir / f"{info.network}_dynamic.mindir", dynamic=True)
     except DynamicShapeError as exc:
-        notes.append(f"no dynamic MindIR: {str(exc).splitlines()[0]}")
+        # Not a note and carry on: after a failed graph compile MindSpore 2.10 compiles the
+        # next graphs of the process wrongly, so nothing exported after it could be trusted.
+        raise ValueError(
+            f"dynamic MindIR export failed ({str(exc).splitlines()[0]}); the MindSpore "
+            "process is unreliable after a failed compile, so the release stops here"
+        ) from exc
     else:
         dyn_inputs = [rng.standard_normal(s).astype(np.float32) for s in DYNAMIC_CHECK_SHAPES]
         dyn_diff = roundtrip_check(dyn, net, dyn_inputs)

@@ -32,6 +32,8 @@ from torch_ref.models import create_model
 from torch_ref.predict import load_network
 
 __all__ = [
+    "CALIBRATION_IMAGES",
+    "calibration_images",
     "evaluate_onnx",
     "ROUNDTRIP_ATOL",
     "ROUNDTRIP_RTOL",
@@ -43,6 +45,32 @@ __all__ = [
 
 ROUNDTRIP_ATOL = 1e-4
 ROUNDTRIP_RTOL = 1e-4  # of the largest |logit|: trained logits reach +-30
+
+
+CALIBRATION_IMAGES = 32
+"""Training images shipped for INT8 calibration on the Jetson (normalised, 1x256x256 each)."""
+
+
+def calibration_images(
+    root: str | os.PathLike[str], mean: float, std: float, *, n: int = CALIBRATION_IMAGES,
+    height: int = 256, width: int = 256,
+) -> np.ndarray:  # fmt: skip
+    """``n`` training-split images, normalised like the model's input, as (n, 1, H, W) float32.
+
+    Evenly spaced over the split (deterministic); each image is zero-padded (in normalised
+    units: the mean) or centre-cropped to ``height x width``.
+    """
+    from irkd.data import IRSTDDataset, normalize
+
+    ds = IRSTDDataset(root, "train")
+    ids = [ds.ids[int(i)] for i in np.linspace(0, len(ds.ids) - 1, min(n, len(ds.ids)))]
+    out = np.zeros((len(ids), 1, height, width), np.float32)
+    for k, id_ in enumerate(ids):
+        x = normalize(ds.load(id_).image, mean, std)
+        h, w = min(height, x.shape[0]), min(width, x.shape[1])
+        y0, x0 = (x.shape[0] - h) // 2, (x.shape[1] - w) // 2
+        out[k, 0, :h, :w] = x[y0 : y0 + h, x0 : x0 + w]
+    return out
 
 
 def _max_logit(model: torch.nn.Module, shape: tuple[int, ...]) -> float:
@@ -93,12 +121,33 @@ def export_for_release(info: Any, out_dir: Path, spec: Mapping[str, Any]) -> dic
     }
     artifacts: dict[str, Any] = {"onnx": static, "onnx_dynamic": dynamic}
     notes = []
+    calib_images = None
+    if info.data_root and Path(info.data_root).is_dir():
+        calib_images = calibration_images(info.data_root, info.mean, info.std, height=h, width=w)
+        artifacts["calibration_images"] = out_dir / "calibration_images.npy"
+        np.save(artifacts["calibration_images"], calib_images)
+        commands["int8_engine_python"] = (
+            'python -c "import numpy as np; from deploy_jetson.tensorrt_build import '
+            f"build_engine; build_engine('{static.name}', '{engines['int8']}', int8=True, "
+            f"calib_images=np.load('calibration_images.npy'), calib_cache='{calib}')\"  "
+            "# writes the cache trtexec_int8 reads"
+        )
+    else:
+        notes.append(
+            f"training data {info.data_root!r} not found: no INT8 calibration images shipped"
+        )
     if tensorrt_available():
         artifacts["engine_fp16"] = build_engine(static, out_dir / engines["fp16"], fp16=True)
+        if calib_images is not None:
+            artifacts["engine_int8"] = build_engine(
+                static, out_dir / engines["int8"], int8=True, calib_images=calib_images,
+                calib_cache=out_dir / calib,
+            )  # fmt: skip
     else:
         notes.append(
             "tensorrt is not installed here: engines are built on the Jetson with the trtexec "
-            "commands (INT8 needs a calibration cache from training images)"
+            "commands (INT8: first int8_engine_python, which calibrates on the shipped "
+            "calibration_images.npy and writes the cache)"
         )
     return {
         "artifacts": artifacts,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -87,6 +88,11 @@ def test_release_builds_both_backends_and_a_true_manifest(release_inputs, capsys
         assert "--optimize=ascend_oriented" in asc["commands"]["converter_lite"]
         assert "trtexec --onnx=" in jet["commands"]["trtexec_fp16"]
         assert "--int8" in jet["commands"]["trtexec_int8"]
+        assert f"jetson/{role}/calibration_images.npy" in paths
+        assert (
+            "calib_images=np.load('calibration_images.npy')"
+            in jet["commands"]["int8_engine_python"]
+        )
     assert m["models"]["student"]["weights_sha256"] == sha256_file(s)
     assert m["parity"]["passed"] is True and m["parity"]["report_sha256"] == sha256_file(report)
     metrics = m["metrics"]["student"]
@@ -102,6 +108,10 @@ def test_release_builds_both_backends_and_a_true_manifest(release_inputs, capsys
     }  # fmt: skip
     assert {"mindspore", "torch", "onnx", "onnxruntime"} <= set(m["versions"])
     assert "speedup" in text and "release:" in text
+    calib = np.load(out / "jetson" / "student" / "calibration_images.npy")
+    assert calib.shape == (3, 1, 256, 256) and calib.dtype == np.float32  # 3 train images
+    # normalised like the input ((grey - 90) / 30), not raw grey levels
+    assert -3.0 <= float(calib.min()) and float(calib.max()) <= (255 - 90) / 30 + 1e-6
     # the AIPP config points at its AIPP file by a relative name (the release folder moved)
     cfg = (out / "ascend" / "student" / "converter_ascend_aipp.cfg").read_text()
     assert str(tmp) not in cfg and "aipp" in cfg

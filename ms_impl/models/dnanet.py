@@ -33,9 +33,15 @@ from mindspore.ops import operations as P
 
 from irkd.zoo import HEAD_BIAS
 
-# Bilinear resize, align_corners=True, to an explicit (H, W): the primitive ops.interpolate
-# calls for this mode, used directly so that the size may be dynamic (MindIR export).
-resize_bilinear_ac = P.ResizeBilinearV2(align_corners=True, half_pixel_centers=False)
+
+def resize_bilinear_ac(x: ms.Tensor, size: tuple) -> ms.Tensor:
+    """Bilinear resize, align_corners=True, to an explicit (H, W).
+
+    The primitive ``ops.interpolate`` calls for this mode (instantiated per call, as
+    ``ops.interpolate`` does), used directly so that the size may be dynamic (MindIR export).
+    """
+    return P.ResizeBilinearV2(align_corners=True, half_pixel_centers=False)(x, size)
+
 
 __all__ = [
     "ChannelAttention",
