@@ -21,7 +21,6 @@ from deploy_ascend.latency import eager_latency, mindir_latency
 from deploy_ascend.lite import converter_command, lite_available, run_lite, write_converter_config
 from deploy_ascend.mindir_export import DynamicShapeError, export_mindir, roundtrip_check
 from irkd.bench import latency_summary
-from irkd.bench import release_latency as core_release_latency
 from ms_impl.models import create_model
 from ms_impl.predict import load_network
 
@@ -30,7 +29,6 @@ __all__ = [
     "ROUNDTRIP_RTOL",
     "export_for_release",
     "latency_runtimes",
-    "release_latency",
     "versions",
 ]
 
@@ -156,13 +154,6 @@ def latency_runtimes(
 
         out["mindspore-lite-cpu"] = lite
     return out
-
-
-def release_latency(
-    infos: Mapping[str, Any], dirs: Mapping[str, Path], *, warmup: int = 10, runs: int = 50
-) -> dict[str, Any]:
-    """Runtime -> role -> latency of the release's teacher and student (batch 1)."""
-    return core_release_latency(latency_runtimes(warmup=warmup, runs=runs), infos, dirs)
 
 
 def versions() -> dict[str, str]:

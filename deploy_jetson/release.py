@@ -27,7 +27,6 @@ from deploy_jetson.tensorrt_build import (
 )
 from deploy_jetson.trt_ops import DEFAULT_TRT_VERSION, check_trt_ops
 from irkd.bench import latency_summary
-from irkd.bench import release_latency as core_release_latency
 from torch_ref.models import create_model
 from torch_ref.predict import load_network
 
@@ -39,7 +38,6 @@ __all__ = [
     "ROUNDTRIP_RTOL",
     "export_for_release",
     "latency_runtimes",
-    "release_latency",
     "versions",
 ]
 
@@ -266,13 +264,6 @@ def latency_runtimes(
 
         out["tensorrt-fp16"] = trt
     return out
-
-
-def release_latency(
-    infos: Mapping[str, Any], dirs: Mapping[str, Path], *, warmup: int = 10, runs: int = 50
-) -> dict[str, Any]:
-    """Runtime -> role -> latency of the release's teacher and student (batch 1)."""
-    return core_release_latency(latency_runtimes(warmup=warmup, runs=runs), infos, dirs)
 
 
 def versions() -> dict[str, str]:

@@ -313,6 +313,7 @@ def _bench_argv(args: argparse.Namespace, backend: str, only: int, out: Path) ->
 
 def _release_backends(targets: Sequence[str], warmup: int = 10, runs: int = 50) -> list:
     """The ReleaseBackend of each target (imports the deploy packages)."""
+    from irkd.bench import release_latency
     from irkd.release import ReleaseBackend
 
     out = []
@@ -323,7 +324,7 @@ def _release_backends(targets: Sequence[str], warmup: int = 10, runs: int = 50) 
             ReleaseBackend(
                 "ascend",
                 asc.export_for_release,
-                lambda i, d: asc.release_latency(i, d, warmup=warmup, runs=runs),
+                lambda i, d: release_latency(asc.latency_runtimes(warmup=warmup, runs=runs), i, d),
                 asc.versions,
             )
         )
@@ -334,7 +335,7 @@ def _release_backends(targets: Sequence[str], warmup: int = 10, runs: int = 50) 
             ReleaseBackend(
                 "jetson",
                 jet.export_for_release,
-                lambda i, d: jet.release_latency(i, d, warmup=warmup, runs=runs),
+                lambda i, d: release_latency(jet.latency_runtimes(warmup=warmup, runs=runs), i, d),
                 jet.versions,
             )
         )
@@ -465,7 +466,8 @@ def _cmd_parity(args: argparse.Namespace) -> int:
     bad = [m for m in modes if m not in ("graph", "pynative")]
     if bad or not modes:
         raise ValueError(f"--ms-modes: expected graph and/or pynative, got {args.ms_modes!r}")
-    from parity.suite import all_cases, resolve_weights, run_parity, summary_text
+    from parity.core import format_report
+    from parity.suite import all_cases, resolve_weights, run_parity
 
     if args.list:
         from parity.core import select_cases
@@ -487,7 +489,7 @@ def _cmd_parity(args: argparse.Namespace) -> int:
         seed=args.seed,
         ms_modes=modes,
     )
-    print(summary_text(report, all_checks=args.verbose))
+    print(format_report(report, all_checks=args.verbose))
     print(f"report: {out}")
     return EXIT_OK if report["passed"] else EXIT_FAIL
 

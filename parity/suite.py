@@ -22,7 +22,7 @@ from irkd.reports import write_json_atomic
 from irkd.weights import WeightsError, load_neutral, sha256_file
 from irkd.zoo import MODELS, stage_channels
 
-from .core import Case, Check, Context, build_report, format_report, run_cases, select_cases
+from .core import Case, Check, Context, build_report, run_cases, select_cases
 
 __all__ = ["all_cases", "resolve_weights", "run_parity", "train_pair"]
 
@@ -146,8 +146,3 @@ def _progress(total: int) -> Callable[[Case, list[Check]], None]:
         )
 
     return show
-
-
-def summary_text(report: dict[str, Any], *, all_checks: bool = False) -> str:
-    """Text form of a report (see :func:`parity.core.format_report`)."""
-    return format_report(report, all_checks=all_checks)
