@@ -95,6 +95,9 @@ class MSAConfig:
         tau: Softmax temperature of the attention map.
         on_student: Also compute MSA on the student's connected feature, fused by max.
         eps: Guard of the per-image max normalisation.
+        border: Cells at each edge of the map where the contrast is set to 0 before the
+            normalisation (0: none). The convolutions' zero padding makes the border of a
+            feature stand out; with ``max(scales) // 2`` no incomplete window is scored.
     """
 
     enabled: bool = True
@@ -103,6 +106,7 @@ class MSAConfig:
     tau: float = 0.5
     on_student: bool = False
     eps: float = 1e-6
+    border: int = 0
 
 
 @dataclass

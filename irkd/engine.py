@@ -25,7 +25,8 @@ API (in the order a training loop uses it):
 - :func:`check_finite` ``(value, *, where, last_good=None)``: raise
   :class:`NonFiniteLossError` when a loss (or any term of a mapping of terms) is NaN/Inf.
 - :class:`RunDir` ``(path)``: the run folder layout (``config.yaml``, ``log.jsonl``,
-  ``checkpoints/last/``, ``best.safetensors``, ``best.json``, ``metrics.json``), with
+  ``checkpoints/last/``, ``best.safetensors``, ``best.json``, ``last.safetensors``,
+  ``metrics.json``), with
   :meth:`RunDir.write_checkpoint` (atomic folder write, older ``last`` kept as
   ``checkpoints/epoch_NNNN`` up to ``keep_last``) and :meth:`RunDir.read_state`.
 - :func:`atomic_dir` ``(final)``: context manager yielding a temporary sibling folder that
@@ -45,7 +46,10 @@ API (in the order a training loop uses it):
   ``eval_forward``, ``save_best``, ``bare_forward``, ``run_info``). Its pieces:
   :func:`run_epoch` (train, validate, keep the best, checkpoint), :func:`validate`,
   :func:`weights_metadata`, :func:`final_report` (best weights on the TEST split,
-  ``metrics.json``).
+  ``metrics.json``), :func:`last_report` (the last epoch's weights saved as
+  ``last.safetensors`` and scored on the TEST split: ``metrics.json["last"]``). A complete
+  ``metrics.json`` also holds ``best_val``, ``last_epoch`` and ``wall_s`` (wall seconds of
+  the run, summed over resumed segments through ``checkpoints/last/timing.json``).
 
 Conventions: epochs are 0-based in code and in ``state.json`` (``TrainState.epoch`` counts
 completed epochs); log records carry ``epoch`` 1-based (the epoch being run, as the
@@ -111,6 +115,7 @@ __all__ = [
     "check_finite",
     "evaluate_predictions",
     "final_report",
+    "last_report",
     "lr_at",
     "noise_for",
     "predict_split",
@@ -122,6 +127,7 @@ __all__ = [
     "sigmoid",
     "steps_per_epoch",
     "subset",
+    "test_metrics",
     "validate",
     "weights_metadata",
 ]
@@ -584,10 +590,14 @@ class RunDir:
         last: ``checkpoints/last/`` (``state.json`` + backend files).
         best: ``best.safetensors`` (student only, neutral weights).
         best_json: ``best.json`` (epoch and validation metrics of ``best``).
-        metrics: ``metrics.json`` (test metrics of ``best``, written at the end).
+        metrics: ``metrics.json`` (test metrics of ``best``, and under ``last`` those of
+            ``last_weights``, written at the end).
+        last_weights: ``last.safetensors`` (the student after the last epoch, neutral
+            weights, written at the end).
     """
 
     STATE = "state.json"
+    TIMING = "timing.json"
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
@@ -599,6 +609,7 @@ class RunDir:
         self.best = self.path / "best.safetensors"
         self.best_json = self.path / "best.json"
         self.metrics = self.path / "metrics.json"
+        self.last_weights = self.path / "last.safetensors"
         if self.checkpoints.is_dir():
             _recover_dir(self.last)
 
@@ -653,13 +664,33 @@ class RunDir:
             )
         return TrainState.from_json(json.loads(path.read_text(encoding="utf-8")))
 
+    def read_wall_s(self) -> float:
+        """Wall seconds the run had spent when ``checkpoints/last`` was written (0.0 if unknown).
+
+        Kept in ``checkpoints/last/timing.json`` (next to ``state.json``, not in it, so that
+        the state of a resumed run stays equal to that of an uninterrupted one).
+        """
+        path = self.last / self.TIMING
+        if not path.is_file():
+            return 0.0
+        try:
+            return float(json.loads(path.read_text(encoding="utf-8")).get("wall_s", 0.0))
+        except (ValueError, TypeError, AttributeError):
+            return 0.0
+
     def write_checkpoint(
-        self, state: TrainState, write: Callable[[Path], None], *, keep_last: int = 1
+        self,
+        state: TrainState,
+        write: Callable[[Path], None],
+        *,
+        keep_last: int = 1,
+        wall_s: float | None = None,
     ) -> Path:
         """Write ``checkpoints/last`` atomically.
 
         ``write(folder)`` stores the backend's files (weights, optimizer) in a temporary
-        folder; ``state.json`` is added; the folder then replaces ``checkpoints/last``. With
+        folder; ``state.json`` (and ``timing.json`` with ``wall_s``, the run's wall seconds
+        so far, when given) is added; the folder then replaces ``checkpoints/last``. With
         ``keep_last > 1`` the replaced checkpoint is kept as ``checkpoints/epoch_NNNN``
         (its 1-based completed epoch), and the oldest ones beyond ``keep_last - 1`` are
         removed.
@@ -674,6 +705,8 @@ class RunDir:
         with atomic_dir(self.last, keep_old=keep_old) as tmp:
             write(tmp)
             write_json_atomic(tmp / self.STATE, state.to_json())
+            if wall_s is not None:
+                write_json_atomic(tmp / self.TIMING, {"wall_s": float(wall_s)})
         kept = sorted(self.checkpoints.glob("epoch_[0-9][0-9][0-9][0-9]"))
         for old in kept[: max(0, len(kept) - (keep_last - 1))]:
             shutil.rmtree(old, ignore_errors=True)
@@ -945,19 +978,24 @@ def run_training(
         quiet: Print nothing.
 
     Returns:
-        ``{"run_dir", "state", "best_epoch", "best_val", "metrics"}`` (``metrics``: the test
-        figures, None when stopped early).
+        ``{"run_dir", "state", "best_epoch", "best_val", "metrics", "last", "wall_s"}``
+        (``metrics``: the test figures of the best-on-validation weights, ``last``: those of
+        the last epoch's weights, both None when stopped early; ``wall_s``: the run's wall
+        seconds so far, summed over resumed segments).
 
     Raises:
         NonFiniteLossError: A NaN/Inf loss; the last good checkpoint is left untouched.
         FileExistsError: ``run_dir`` already holds a run and ``resume`` is False.
         ConfigError: On resume, a different config or number of steps per epoch.
     """
+    t_start = time.perf_counter()
     say = (lambda *a: None) if quiet else (lambda *a: print(*a, file=sys.stderr))
     rd = RunDir(run_dir)
+    wall_before = 0.0
     if resume:
         check_same_config(rd, cfg)
         state = rd.read_state()
+        wall_before = rd.read_wall_s()
     else:
         if rd.has_checkpoint():
             raise FileExistsError(
@@ -981,6 +1019,10 @@ def run_training(
         rd.trim_log(state.epoch)
         say(f"resuming {rd.path} after epoch {state.epoch} (step {state.step})")
 
+    def wall() -> float:
+        # Time lost after the last checkpoint of an interrupted segment is not counted.
+        return wall_before + time.perf_counter() - t_start
+
     epochs = cfg.schedule.epochs
     last_epoch = epochs if stop_after is None else min(epochs, stop_after)
     mode = f"distill {cfg.method.name}" if is_distill(cfg) else "train"
@@ -1001,7 +1043,7 @@ def run_training(
         bar = progress(total=epochs, desc=f"{cfg.name} [{mode}]", initial=state.epoch, unit="ep")
         try:
             while state.epoch < last_epoch:
-                run_epoch(trainer, data, rd, log, state, spe)
+                run_epoch(trainer, data, rd, log, state, spe, wall=wall)
                 bar.update(1)
                 if state.best_score is not None:
                     bar.set_postfix(best_iou=f"{state.best_score:.4f}", ep=state.best_epoch)
@@ -1014,12 +1056,20 @@ def run_training(
         "best_epoch": state.best_epoch,
         "best_val": state.best_score,
         "metrics": None,
+        "last": None,
+        "wall_s": None,
     }
     if state.epoch < epochs:
+        result["wall_s"] = wall()
         say(f"stopped after epoch {state.epoch}/{epochs}; continue with --resume")
         return result
-    report = final_report(rd, cfg, data, trainer.bare_forward(rd.best))
+    report = final_report(rd, cfg, data, trainer.bare_forward(rd.best), write=False)
+    report.update(last_report(trainer, rd, data, state, report))
+    report["wall_s"] = wall()
+    write_json_atomic(rd.metrics, report)
     result["metrics"] = summary_metrics(report)
+    result["last"] = report["last"]
+    result["wall_s"] = report["wall_s"]
     val = "n/a" if state.best_score is None else f"{100 * state.best_score:.2f}%"
     say(f"best epoch {report['best_epoch']} (val IoU {val}); test metrics in {rd.metrics}")
     return result
@@ -1032,6 +1082,8 @@ def run_epoch(
     log: JsonlLogger,
     state: TrainState,
     spe: int,
+    *,
+    wall: Callable[[], float] | None = None,
 ) -> None:
     """Train one epoch, validate, keep the best, write the checkpoint; advance ``state``.
 
@@ -1042,6 +1094,8 @@ def run_epoch(
         log: The run's logger.
         state: Where the run stands (updated in place).
         spe: Steps per epoch.
+        wall: The run's wall seconds so far (over resumed segments), stored with the
+            checkpoint (``timing.json``); None stores nothing.
     """
     cfg = trainer.cfg
     e = state.epoch  # 0-based index of this epoch
@@ -1135,7 +1189,12 @@ def run_epoch(
         "steps_per_epoch": spe,
         "data": {"next_epoch": state.epoch, "seed": cfg.seed, "rng": "default_rng([seed, epoch])"},
     }
-    rd.write_checkpoint(state, trainer.write, keep_last=cfg.train.keep_last)
+    rd.write_checkpoint(
+        state,
+        trainer.write,
+        keep_last=cfg.train.keep_last,
+        wall_s=None if wall is None else wall(),
+    )
 
 
 def validate(trainer: Trainer, data: PreparedData) -> dict[str, Any]:
@@ -1168,8 +1227,27 @@ def weights_metadata(trainer: Trainer, data: PreparedData, **extra: Any) -> dict
     }
 
 
+def test_metrics(data: PreparedData, forward: Forward) -> dict[str, Any]:
+    """Score a :data:`Forward` on the TEST split (``{"metrics", "roc", "ids", "kept"}``)."""
+    return evaluate_predictions(
+        predict_split(
+            data.test_set(),
+            forward,
+            mean=data.mean,
+            std=data.std,
+            multiple=data.multiple,
+            desc="test",
+        )
+    )
+
+
 def final_report(
-    run: RunDir, cfg: ExperimentConfig, data: PreparedData, forward: Forward
+    run: RunDir,
+    cfg: ExperimentConfig,
+    data: PreparedData,
+    forward: Forward,
+    *,
+    write: bool = True,
 ) -> dict[str, Any]:
     """Evaluate the best weights on the TEST split and write ``metrics.json``.
 
@@ -1178,21 +1256,13 @@ def final_report(
         cfg: The experiment.
         data: The prepared data (test split, normalisation).
         forward: The bare student loaded from ``run.best`` (``Trainer.bare_forward``).
+        write: Write ``metrics.json`` (False: only return the report, for a caller that
+            adds to it and writes it once).
 
     Returns:
         The report written to ``metrics.json``.
     """
-    test = data.test_set()
-    result = evaluate_predictions(
-        predict_split(
-            test,
-            forward,
-            mean=data.mean,
-            std=data.std,
-            multiple=data.multiple,
-            desc="test",
-        )
-    )
+    result = test_metrics(data, forward)
     best = {}
     if run.best_json.is_file():
         best = json.loads(run.best_json.read_text())
@@ -1206,5 +1276,42 @@ def final_report(
         "metrics": result["metrics"],
         "roc": result["roc"],
     }
-    write_json_atomic(run.metrics, out)
+    if write:
+        write_json_atomic(run.metrics, out)
     return out
+
+
+def last_report(
+    trainer: Trainer,
+    run: RunDir,
+    data: PreparedData,
+    state: TrainState,
+    best_report: Mapping[str, Any],
+) -> dict[str, Any]:
+    """Save the last epoch's weights (``last.safetensors``) and score them on the TEST split.
+
+    Called once the run is complete, with the trainer holding the last epoch's weights (the
+    ones of ``checkpoints/last``). When the best epoch is the last one the weights are the
+    same and the best report's figures are reused instead of a second evaluation.
+
+    Args:
+        trainer: The backend's trainer (its current student is saved).
+        run: The run folder.
+        data: The prepared data.
+        state: The final state (``epoch``: the last epoch, ``best_score``).
+        best_report: The report of the best weights (:func:`final_report`).
+
+    Returns:
+        ``{"best_val", "last_epoch", "last"}`` to add to ``metrics.json`` (``last``: the
+        summary figures, as :func:`summary_metrics`).
+    """
+    trainer.save_best(
+        run.last_weights, weights_metadata(trainer, data, epoch=state.epoch, weights="last")
+    )
+    if state.best_epoch == state.epoch and best_report.get("best_epoch") == state.epoch:
+        last = summary_metrics(best_report)
+    else:
+        last = summary_metrics(
+            test_metrics(data, trainer.bare_forward(run.last_weights))["metrics"]
+        )
+    return {"best_val": state.best_score, "last_epoch": state.epoch, "last": last}

@@ -131,6 +131,7 @@ def msa_awmse_params(method: MethodConfig) -> dict[str, Any]:
         "tau": float(msa.tau),
         "on_student": bool(msa.on_student),
         "msa_eps": float(msa.eps),
+        "msa_border": int(msa.border),
         "normalize": str(method.normalize),
         "l2_eps": float(method.l2_eps),
         "awmse": bool(method.awmse),
@@ -164,6 +165,15 @@ def check_msa_awmse_params(params: Mapping[str, Any] | None) -> dict[str, Any]:
     for key in ("tau", "msa_eps", "l2_eps", "awmse_eps"):
         if not float(p[key]) > 0:
             raise ValueError(f"MSAAWMSELoss: {key} must be > 0, got {p[key]!r}")
+    if (
+        isinstance(p["msa_border"], bool)
+        or int(p["msa_border"]) != p["msa_border"]
+        or int(p["msa_border"]) < 0
+    ):
+        raise ValueError(
+            f"MSAAWMSELoss: msa_border must be an integer >= 0, got {p['msa_border']!r}"
+        )
+    p["msa_border"] = int(p["msa_border"])
     for key in ("alpha", "beta"):
         if not float(p[key]) >= 0:
             raise ValueError(f"MSAAWMSELoss: {key} must be >= 0, got {p[key]!r}")

@@ -14,26 +14,26 @@ __all__ = ["soft_iou_loss", "task_loss"]
 
 
 def soft_iou_loss(logits: Tensor, mask: Tensor, smooth: float = 1.0) -> Tensor:
-    """SoftIoU loss ``1 - mean_b iou_b``.
+    """SoftIoU loss over the whole batch, as DNANet's and BasicIRSTD's ``SoftIoULoss``.
 
-    ``p = sigmoid(logits)`` and, per image (sums over channels and pixels),
-    ``iou = (sum p*g + smooth) / (sum p + sum g - sum p*g + smooth)``.
+    ``p = sigmoid(logits)``; ``1 - (sum p*g + smooth) / (sum p + sum g - sum p*g + smooth)``
+    with the sums over batch, channels and pixels together (not a mean of per-image IoUs,
+    which stops punishing false alarms on crops without a target: docs/study.md).
 
     Args:
         logits: Network output (B, 1, H, W), before the sigmoid.
         mask: Ground truth (B, 1, H, W) in {0, 1}, float.
         smooth: Additive smoothing of numerator and denominator (an empty mask and an empty
-            prediction give ``iou = 1``).
+            prediction give a loss of 0).
 
     Returns:
         Scalar loss in [0, 1).
     """
     p = ops.sigmoid(logits)
     g = ops.cast(mask, p.dtype)
-    inter = ops.sum(p * g, (1, 2, 3))
-    union = ops.sum(p, (1, 2, 3)) + ops.sum(g, (1, 2, 3)) - inter
-    iou = (inter + smooth) / (union + smooth)
-    return 1.0 - ops.mean(iou)
+    inter = ops.sum(p * g)
+    union = ops.sum(p) + ops.sum(g) - inter
+    return 1.0 - (inter + smooth) / (union + smooth)
 
 
 def task_loss(logits: Tensor, aux: Sequence[Tensor], mask: Tensor) -> Tensor:

@@ -215,12 +215,19 @@ def mask_to(mask: Array, h: int, w: int) -> Array:
     return cells.max(axis=(3, 5))
 
 
-def _msa_single(t: Array, scales: Sequence[int], fusion: str, tau: float, eps: float) -> Array:
+def _msa_single(
+    t: Array, scales: Sequence[int], fusion: str, tau: float, eps: float, border: int = 0
+) -> Array:
     """MSA map of one feature (DESIGN.md 2.2)."""
     b, _, h, w = t.shape
     a = np.abs(t).mean(axis=1, keepdims=True)
     contrasts = np.stack([_relu(a - avg_pool_exclude_pad(a, int(k))) for k in scales])
     c = contrasts.mean(axis=0) if fusion == "mean" else contrasts.max(axis=0)
+    if border > 0:
+        keep = np.zeros_like(c)
+        if 2 * border < h and 2 * border < w:
+            keep[:, :, border : h - border, border : w - border] = 1.0
+        c = c * keep
     c = c / (c.max(axis=(2, 3), keepdims=True) + eps)
     z = (c / tau).reshape(b, h * w)
     e = np.exp(z - z.max(axis=1, keepdims=True))
@@ -234,6 +241,7 @@ def msa_map(
     tau: float = 0.5,
     eps: float = 1e-6,
     s: Array | None = None,
+    border: int = 0,
 ) -> Array:
     """Multi-scale spatial attention map ``M`` (B, 1, H, W).
 
@@ -249,6 +257,8 @@ def msa_map(
         tau: Softmax temperature (> 0).
         eps: Guard of the per-image max normalisation.
         s: Optional second feature (the connected student's), fused by max.
+        border: Cells at each edge whose contrast is set to 0 before the normalisation (the
+            whole map when ``2 * border`` reaches its height or width).
 
     Raises:
         ValueError: Unknown fusion, no scale, or an even or non-positive scale.
@@ -258,9 +268,9 @@ def msa_map(
     scales = tuple(int(k) for k in scales)
     if not scales or any(k < 1 or k % 2 == 0 for k in scales):
         raise ValueError(f"msa_map: scales must be odd and >= 1, got {list(scales)}")
-    m = _msa_single(_f64(t), scales, fusion, float(tau), float(eps))
+    m = _msa_single(_f64(t), scales, fusion, float(tau), float(eps), int(border))
     if s is not None:
-        m = np.maximum(m, _msa_single(_f64(s), scales, fusion, float(tau), float(eps)))
+        m = np.maximum(m, _msa_single(_f64(s), scales, fusion, float(tau), float(eps), int(border)))
     return m
 
 
@@ -353,6 +363,7 @@ def msa_awmse_loss(
             p["tau"],
             p["msa_eps"],
             s=s if p["on_student"] else None,
+            border=p["msa_border"],
         )
     else:
         m = np.ones((b, 1, h, w))
@@ -432,16 +443,15 @@ def connector(
 
 
 def soft_iou_loss(logits: Array, mask: Array, smooth: float = 1.0) -> float:
-    """SoftIoU loss ``1 - mean_b iou_b``.
+    """SoftIoU loss over the whole batch (sums over batch, channels and pixels together).
 
-    ``p = sigmoid(logits)``; per image (sums over channels and pixels)
-    ``iou = (sum p g + smooth) / (sum p + sum g - sum p g + smooth)``.
+    ``p = sigmoid(logits)``, ``1 - (sum p g + smooth) / (sum p + sum g - sum p g + smooth)``.
     """
     p = _sigmoid(_f64(logits))
     g = _f64(mask)
-    inter = (p * g).sum(axis=(1, 2, 3))
-    union = p.sum(axis=(1, 2, 3)) + g.sum(axis=(1, 2, 3)) - inter
-    return float(1.0 - ((inter + smooth) / (union + smooth)).mean())
+    inter = (p * g).sum()
+    union = p.sum() + g.sum() - inter
+    return float(1.0 - (inter + smooth) / (union + smooth))
 
 
 def task_loss(logits: Array, aux: Sequence[Array], mask: Array) -> float:

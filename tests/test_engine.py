@@ -424,3 +424,44 @@ def test_echo_line_for_non_tty_logs():
     assert line is not None and "epoch 3" in line and "loss 0.5000" in line
     assert echo_line({"kind": "val", "epoch": 2, "iou": 0.25}).endswith("val IoU 25.00%")
     assert echo_line({"kind": "train", "step": 1}) is None
+
+
+def test_run_training_reports_last_epoch_and_wall_time_over_resume(small_root, tmp_path):
+    from irkd.weights import extra_metadata, load_neutral
+
+    cfg = _run_cfg(small_root)
+    loaded = []
+
+    class Recording(NumpyTrainer):
+        def bare_forward(self, path):
+            loaded.append(Path(path).name)
+            return super().bare_forward(path)
+
+    straight = run_training(cfg, tmp_path / "a", lambda: Recording(cfg), quiet=True)
+    assert straight["best_epoch"] == 1  # this toy run's best is not its last epoch
+    assert loaded == ["best.safetensors", "last.safetensors"]
+    rd = RunDir(tmp_path / "a")
+    rep = json.loads(rd.metrics.read_text())
+    for key in ("split", "best_epoch", "iou", "niou", "pd", "fa", "fa_1e6", "metrics", "roc"):
+        assert key in rep  # the existing keys stay
+    assert rep["last_epoch"] == 3 and rep["best_val"] == straight["best_val"]
+    assert set(rep["last"]) == {"iou", "niou", "pd", "fa", "fa_1e6", "n_images", "n_targets"}
+    assert straight["last"] == rep["last"] and rep["wall_s"] > 0
+    last = load_neutral(rd.last_weights)[0]["w"]
+    np.testing.assert_array_equal(last, np.load(rd.last / "w.npy").astype(np.float32))
+    assert extra_metadata(load_neutral(rd.last_weights)[1])["epoch"] == 3
+    assert rep["last"]["n_images"] == len(IRSTDDataset(small_root, "test"))
+
+    stopped = run_training(cfg, tmp_path / "b", lambda: NumpyTrainer(cfg), quiet=True, stop_after=2)
+    assert stopped["last"] is None and stopped["wall_s"] > 0
+    first = RunDir(tmp_path / "b").read_wall_s()
+    assert 0 < first <= stopped["wall_s"]
+    resumed = run_training(cfg, tmp_path / "b", lambda: NumpyTrainer(cfg), quiet=True, resume=True)
+    assert resumed["last"] == straight["last"] and resumed["metrics"] == straight["metrics"]
+    rep_b = json.loads((tmp_path / "b" / "metrics.json").read_text())
+    assert rep_b["wall_s"] > first  # the first segment's time is carried over
+    assert {k: v for k, v in rep_b.items() if k != "wall_s"} == {
+        k: (str(tmp_path / "b" / "best.safetensors") if k == "weights" else v)
+        for k, v in rep.items()
+        if k != "wall_s"
+    }

@@ -29,6 +29,7 @@ from ms_impl import losses as ms_losses
 from ms_impl.distill import distiller as ms_dist
 from ms_impl.distill import method as ms_method
 from ms_impl.runtime import set_mode
+from parity import oracle as o
 from torch_ref import losses as t_losses
 from torch_ref.distill import distiller as t_dist
 from torch_ref.distill import method as t_method
@@ -107,9 +108,9 @@ def np_awmse(t_hat, s_hat, m, region, alpha=1.0, beta=0.5, eps=1e-6) -> float:
 
 def np_soft_iou(logits, mask, smooth=1.0) -> float:
     p = 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
-    inter = (p * mask).sum(axis=(1, 2, 3))
-    union = p.sum(axis=(1, 2, 3)) + mask.sum(axis=(1, 2, 3)) - inter
-    return float(1.0 - ((inter + smooth) / (union + smooth)).mean())
+    inter = (p * mask).sum()
+    union = p.sum() + mask.sum() - inter
+    return float(1.0 - (inter + smooth) / (union + smooth))
 
 
 # ---------------------------------------------------------------- helpers
@@ -496,6 +497,30 @@ def test_loss_rejects_bad_params():
             mod.MSAAWMSELoss(8, {"scales": [4]})
         with pytest.raises(ValueError, match="tau"):
             mod.MSAAWMSELoss(8, {"tau": 0.0})
+        for bad in (-1, 1.5, True):
+            with pytest.raises(ValueError, match="msa_border"):
+                mod.MSAAWMSELoss(8, {"msa_border": bad})
+
+
+def _np(x) -> np.ndarray:
+    return x.asnumpy() if isinstance(x, ms.Tensor) else x.detach().numpy()
+
+
+def test_msa_border_clears_the_edge_contrast():
+    # A bright cell on the border wins the map without the option and loses it with it;
+    # a border wider than half the map leaves a uniform map.
+    t = np.full((1, 2, 12, 12), 0.1, np.float32)
+    t[0, :, 0, 5] = 3.0  # on the top edge
+    t[0, :, 6, 6] = 1.0  # inside
+    for mod, conv in ((t_method, torch.tensor), (ms_method, ms.Tensor)):
+        plain = _np(mod.msa_map(conv(t)))[0, 0]
+        clear = _np(mod.msa_map(conv(t), border=3))[0, 0]
+        assert np.unravel_index(plain.argmax(), plain.shape) == (0, 5)
+        assert np.unravel_index(clear.argmax(), clear.shape) == (6, 6)
+        np.testing.assert_allclose(clear[:3].ravel(), clear[0, 0], rtol=1e-6)
+        np.testing.assert_allclose(clear, o.msa_map(t, border=3)[0, 0], rtol=1e-4, atol=1e-5)
+        flat = _np(mod.msa_map(conv(t), border=6))
+        np.testing.assert_allclose(flat, 1.0, rtol=1e-6)
 
 
 def test_params_follow_the_config():
@@ -512,6 +537,8 @@ def test_params_follow_the_config():
     assert p["scales"] == [3, 5] and p["fusion"] == "max" and p["tau"] == 0.3
     assert p["msa"] is False and p["on_student"] is True and p["normalize"] == "none"
     assert p["awmse"] is False and p["use_mask"] is False and (p["alpha"], p["beta"]) == (2.0, 0.1)
+    assert p["msa_border"] == 0
+    assert ms_method.msa_awmse_params(MethodConfig(msa=MSAConfig(border=3)))["msa_border"] == 3
     assert ms_method.MSA_AWMSE_DEFAULTS == t_method.MSA_AWMSE_DEFAULTS
 
 

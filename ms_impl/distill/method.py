@@ -85,6 +85,7 @@ def msa_map(
     fusion: str = "mean",
     tau: float = 0.5,
     eps: float = 1e-6,
+    border: int = 0,
 ) -> Tensor:
     """Multi-scale spatial attention map ``M`` (B, 1, H, W) of a feature (no gradient).
 
@@ -95,6 +96,8 @@ def msa_map(
         tau: Softmax temperature.
         eps: Guard of the per-image max normalisation (an all-zero feature gives ``c = 0`` and
             a uniform ``M = 1``).
+        border: Cells at each edge whose contrast is set to 0 before the normalisation (the
+            whole map when ``2 * border`` reaches its height or width).
 
     Returns:
         ``M`` with mean 1 over (H, W) for each image; a pixel whose normalised contrast is 1
@@ -116,6 +119,13 @@ def msa_map(
             c = c + _contrast(a, k)
     if fusion == "mean":
         c = c / float(len(scales))
+    if border > 0:
+        if 2 * border < h and 2 * border < w:
+            c = ops.pad(
+                c[:, :, border : h - border, border : w - border], (border, border, border, border)
+            )
+        else:
+            c = ops.zeros_like(c)
     c = c / (ops.amax(c, (2, 3), True) + eps)
     z = (c / tau).reshape(b, 1, h * w)
     e = ops.exp(z - ops.amax(z, 2, True))
@@ -213,9 +223,9 @@ class MSAAWMSELoss(nn.Cell):
         t_channels: Teacher channels of the stage (kept for the common stage-loss signature;
             the loss has no parameters).
         params: Overrides of :data:`MSA_AWMSE_DEFAULTS` (``msa``, ``scales``, ``fusion``,
-            ``tau``, ``on_student``, ``msa_eps``, ``normalize``, ``l2_eps``, ``awmse``,
-            ``alpha``, ``beta``, ``use_mask``, ``awmse_eps``); build them from a config with
-            :func:`msa_awmse_params`.
+            ``tau``, ``on_student``, ``msa_eps``, ``msa_border``, ``normalize``, ``l2_eps``,
+            ``awmse``, ``alpha``, ``beta``, ``use_mask``, ``awmse_eps``); build them from a
+            config with :func:`msa_awmse_params`.
 
     Raises:
         ValueError: An unknown parameter or an invalid value.
@@ -231,6 +241,7 @@ class MSAAWMSELoss(nn.Cell):
         self.tau = float(p["tau"])
         self.on_student = bool(p["on_student"])
         self.msa_eps = float(p["msa_eps"])
+        self.msa_border = int(p["msa_border"])
         self.normalize = str(p["normalize"])
         self.l2_eps = float(p["l2_eps"])
         self.awmse = bool(p["awmse"])
@@ -243,9 +254,11 @@ class MSAAWMSELoss(nn.Cell):
         """The attention map ``M`` (B, 1, H, W) this loss uses (no gradient)."""
         if not self.msa:
             return ops.stop_gradient(ops.ones_like(t[:, :1]))
-        m = msa_map(t, self.scales, self.fusion, self.tau, self.msa_eps)
+        m = msa_map(t, self.scales, self.fusion, self.tau, self.msa_eps, self.msa_border)
         if self.on_student and s is not None:
-            m = ops.maximum(m, msa_map(s, self.scales, self.fusion, self.tau, self.msa_eps))
+            m = ops.maximum(
+                m, msa_map(s, self.scales, self.fusion, self.tau, self.msa_eps, self.msa_border)
+            )
         return m
 
     def construct(

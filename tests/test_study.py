@@ -1,0 +1,496 @@
+"""irkd study: the study file, the plan (grid, dedupe), the report numbers, and whole studies
+run as subprocesses (end to end, and killed with SIGKILL then restarted)."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from irkd.cli import main
+from irkd.config import apply_overrides
+from irkd.study.plan import build_plan, config_hash, validate_study
+from irkd.study.report import aggregate, format_table, tuning_report
+from irkd.study.runner import Options, StudyRunner
+from irkd.study.spec import StudyError, load_study
+
+TINY = {
+    "seed": 0,
+    "backend": "pytorch",
+    "data": {"root": None, "synth_n": 12, "crop": 32, "batch_size": 2, "val_fraction": 0.2},
+    "optim": {"lr": 0.05},
+    "schedule": {"epochs": 2, "steps_per_epoch": 4},
+    "train": {"log_every": 2},
+}
+STUDENT = {
+    **TINY,
+    "name": "student",
+    "model": {"name": "dnanet_xxs"},
+    "teacher": {"name": "dnanet_xxs"},
+    "method": {"name": "msa_awmse", "stages": ["enc1"], "lam": 1.0},
+}
+TEACHER = {**TINY, "name": "teacher", "model": {"name": "dnanet_xxs"}, "method": {"name": "none"}}
+STUDY = {
+    "name": "tiny",
+    "threads": 1,
+    "datasets": {"syn": {"student": "student.yaml", "teacher": "teacher.yaml"}},
+    "seeds": [0, 1],
+    "reference": "student",
+    "methods": {
+        "student": {"overrides": ["method.name=none"]},
+        "msa_awmse": {"overrides": ["method.name=msa_awmse"]},
+    },
+}
+ENV = {
+    **os.environ,
+    "IRKD_TORCH_THREADS": "1",
+    "OMP_NUM_THREADS": "1",
+    "OMP_WAIT_POLICY": "PASSIVE",
+}
+
+
+def write_study(folder: Path, study: dict | None = None, student: dict | None = None) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "student.yaml").write_text(yaml.safe_dump(student or STUDENT))
+    (folder / "teacher.yaml").write_text(yaml.safe_dump(TEACHER))
+    path = folder / "study.yaml"
+    path.write_text(yaml.safe_dump(study or STUDY, sort_keys=False))
+    return path
+
+
+def study_cmd(path: Path, work: Path, cache: Path, *extra: str) -> list[str]:
+    return [
+        sys.executable, "-m", "irkd.cli", "study", str(path),
+        "--runs-dir", str(work / "W"), "--results-dir", str(work / "R"), "--cache", str(cache),
+        *extra,
+    ]  # fmt: skip
+
+
+# ----------------------------------------------------------------------------- the study file
+
+
+def _with(**changes):
+    study = json.loads(json.dumps(STUDY))
+    for dotted, value in changes.items():
+        node = study
+        *parents, last = dotted.split("__")
+        for p in parents:
+            node = node[p]
+        if value is KeyError:
+            del node[last]
+        else:
+            node[last] = value
+    return study
+
+
+TEACHERLESS = "method.name=msa_awmse distills but the dataset has no teacher config"
+BAD = [
+    (_with(bogus=1), "bogus: unknown key"),
+    (_with(seeds=["a"]), "seeds[0]: expected an integer"),
+    (_with(seeds=[0, 0]), "seeds: repeated seed"),
+    (_with(name="a b"), "name: 'a b' is not a valid name"),
+    (_with(datasets__syn__student="no.yaml"), "datasets.syn.student: config file no.yaml not"),
+    (_with(datasets__syn__extra=1), "datasets.syn.extra: unknown key"),
+    (_with(datasets__syn__overrides=["data.crop=33"]), "datasets.syn.overrides:"),
+    (
+        _with(methods__fitnet={"overrides": ["method.nope=1"]}),
+        "methods.fitnet.overrides (dataset syn): unknown key method.nope",
+    ),
+    (
+        _with(methods__x={"overrides": ["method.name=magic"]}),
+        "methods.x.overrides (dataset syn): method.name: unknown method 'magic'",
+    ),
+    (
+        _with(methods__x={"overrides": ["method.name=cwd", "method.params={bad: 1}"]}),
+        "methods.x.overrides (dataset syn): method: unknown parameter 'bad'",
+    ),
+    (_with(methods__x={"overrides": ["oops"]}), "methods.x.overrides[0]: 'oops' must look like"),
+    (_with(methods__x={"datasets": ["nudt"]}), "methods.x.datasets: unknown dataset 'nudt'"),
+    (_with(reference="fitnet"), "reference: 'fitnet' is not a methods row"),
+    (_with(tuning={"fitnet": {"grid": {"method.lam": [1]}}}), "tuning.fitnet: no such row"),
+    (
+        _with(tuning={"msa_awmse": {"grid": {"method.lam": []}}}),
+        "tuning.msa_awmse.grid.method.lam: expected a non-empty list",
+    ),
+    (
+        _with(tuning={"msa_awmse": {"grid": {"method.lamb": [1]}}}),
+        "tuning.msa_awmse.grid (dataset syn): unknown key method.lamb",
+    ),
+    (
+        _with(ablations={"x": {"overrides": [], "tuned": "msa_awmse"}}),
+        "ablations.x.tuned: the study has no tuning section",
+    ),
+    (_with(ablations={"student": {}}), "ablations.student: a methods row has the same name"),
+    (
+        _with(datasets__syn__teacher=KeyError),
+        f"methods.msa_awmse.overrides (dataset syn): {TEACHERLESS}",
+    ),
+]
+
+
+@pytest.mark.parametrize(("study", "message"), BAD, ids=[m.split(":")[0] for _, m in BAD])
+def test_study_file_errors_are_one_line_naming_the_key(tmp_path, study, message):
+    path = write_study(tmp_path, study)
+    with pytest.raises(StudyError) as exc:
+        validate_study(load_study(path), tmp_path / "W")
+    text = str(exc.value)
+    assert "\n" not in text and text.startswith(f"{path}: ") and message in text, text
+
+
+def test_teacher_mismatch_and_cli_exit_2_before_anything_starts(tmp_path, capsys):
+    student = {**STUDENT, "teacher": {"name": "dnanet_s"}}
+    path = write_study(tmp_path, student=student)
+    rc = main(
+        [
+            "study",
+            str(path),
+            "--runs-dir",
+            str(tmp_path / "W"),
+            "--results-dir",
+            str(tmp_path / "R"),
+        ]
+    )
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1, err
+    assert "methods.msa_awmse.overrides (dataset syn): teacher.name" in err
+    assert "dnanet_s" in err and "dnanet_xxs" in err
+    assert not (tmp_path / "W").exists() and not (tmp_path / "R").exists()
+    rc = main(["study", str(tmp_path / "missing.yaml")])
+    assert rc == 2 and "study file not found" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- the plan
+
+
+def test_grid_expansion_winner_and_shared_runs(tmp_path):
+    grid = {"method.lam": [0.5, 2.0], "method.stages": ["[enc1]", "[dec0]"]}
+    spec = _with(
+        tuning={"seed": 0, "msa_awmse": {"grid": grid}},
+        ablations={"msa_off": {"overrides": ["method.msa.enabled=false"], "tuned": "msa_awmse"}},
+    )
+    study = load_study(write_study(tmp_path, spec))
+    root = tmp_path / "W" / "tiny"
+    plan = validate_study(study, root)
+    teacher = plan.teachers["syn"]
+    entry = plan.tuning[("syn", "msa_awmse")]
+    assert entry.combos == [
+        ("method.lam=0.5", "method.stages=[enc1]"),
+        ("method.lam=0.5", "method.stages=[dec0]"),
+        ("method.lam=2.0", "method.stages=[enc1]"),
+        ("method.lam=2.0", "method.stages=[dec0]"),
+    ]
+    assert entry.runs[1].startswith("syn-tune-msa_awmse-lam0.5-stages_dec0-s0-")
+    assert list(plan.runs) == [teacher, *entry.runs, plan.cells[("syn", "methods", "student", 0)],
+                               plan.cells[("syn", "methods", "student", 1)]]  # fmt: skip
+    tuned = (("methods", "msa_awmse"), ("ablations", "msa_off"))
+    assert sorted(plan.waiting()) == sorted(("syn", t, r, s) for t, r in tuned for s in (0, 1))
+    tune = plan.runs[entry.runs[1]].cfg
+    assert tune.seed == 0 and tune.method.lam == 0.5 and tune.method.stages == ["dec0"]
+    assert tune.teacher.checkpoint == str(root / teacher / "best.safetensors")
+    assert plan.runs[plan.cells[("syn", "methods", "student", 0)]].cfg.teacher is None
+    assert plan.runs[plan.cells[("syn", "methods", "student", 1)]].mode == "train"
+
+    # not every combination done: the tuned rows still wait
+    vals = {teacher: 0.3, entry.runs[0]: 0.2, entry.runs[1]: 0.6, entry.runs[2]: 0.6}
+    assert build_plan(study, root, vals).tuning[("syn", "msa_awmse")].winner is None
+    # all done: the highest validation IoU wins, the first one on ties
+    plan = build_plan(study, root, {**vals, entry.runs[3]: None})
+    assert plan.tuning[("syn", "msa_awmse")].winner == 1 and not plan.waiting()
+    main0 = plan.cells[("syn", "methods", "msa_awmse", 0)]
+    assert main0 == entry.runs[1]  # the seed-0 main run IS the winning tuning run (shared)
+    assert plan.runs[main0].roles == ["tuning/msa_awmse/1", "methods/msa_awmse/s0"]
+    main1 = plan.runs[plan.cells[("syn", "methods", "msa_awmse", 1)]]
+    assert main1.id.startswith("syn-msa_awmse-s1-") and main1.cfg.seed == 1
+    assert (main1.cfg.method.lam, main1.cfg.method.stages) == (0.5, ["dec0"])
+    off = plan.runs[plan.cells[("syn", "ablations", "msa_off", 0)]].cfg
+    assert (off.method.lam, off.method.stages, off.method.msa.enabled) == (0.5, ["dec0"], False)
+    # ids do not depend on where the runs live, nor on fields left at their default
+    other = build_plan(study, tmp_path / "elsewhere", {**vals, entry.runs[3]: None})
+    assert list(other.runs) == list(plan.runs)
+    cfg = plan.runs[main0].cfg
+    same = apply_overrides(cfg, ["method.msa.tau=0.5", "name=other", "train.graph_mode=true"])
+    assert config_hash(same, teacher) == config_hash(cfg, teacher) == main0.rsplit("-", 1)[1]
+    assert config_hash(apply_overrides(cfg, ["method.msa.tau=0.25"]), teacher) not in main0
+
+
+def test_dry_run_statuses_and_only(tmp_path, capsys):
+    path = write_study(tmp_path)
+    work = tmp_path
+    study = load_study(path)
+    runner = StudyRunner(study, Options(runs_dir=work / "W", results_dir=work / "R"))
+    plan = runner.plan
+    t = plan.teachers["syn"]
+    s0 = plan.cells[("syn", "methods", "student", 0)]
+    (work / "W/tiny" / t).mkdir(parents=True)
+    (work / "W/tiny" / t / "metrics.json").write_text(json.dumps({"best_val": 0.1, "last": {}}))
+    (work / "W/tiny" / t / "best.safetensors").write_bytes(b"x")
+    ck = work / "W/tiny" / s0 / "checkpoints/last"
+    ck.mkdir(parents=True)
+    (ck / "state.json").write_text(json.dumps({"epoch": 1}))
+    lines = {line.split()[0]: line for line in runner.describe()}
+    assert lines[t].split()[2] == "done" and "partial epoch 1/2" in lines[s0]
+    assert "pending" in lines[plan.cells[("syn", "methods", "msa_awmse", 1)]]
+    assert runner.describe()[-1] == "1/5 runs done"
+    (work / "W/tiny" / t / "metrics.json").unlink()
+    lines = {line.split()[0]: line for line in runner.describe()}
+    assert f"waiting on teacher {t}" in lines[plan.cells[("syn", "methods", "msa_awmse", 0)]]
+    rc = main(["study", str(path), "--dry-run", "--only", "*-s1-*", "--runs-dir", str(work / "W"),
+               "--results-dir", str(work / "R")])  # fmt: skip
+    out = capsys.readouterr().out.splitlines()
+    assert rc == 0 and len(out) == 3 and all("-s1-" in line for line in out[:2])
+
+
+# ----------------------------------------------------------------------------- the report
+
+
+def _metrics(iou: float, last: float, val: float) -> dict:
+    figs = {"iou": iou, "niou": iou + 0.1, "pd": 0.5 + iou, "fa_1e6": 100 * iou}
+    lst = {"iou": last, "niou": last + 0.1, "pd": 0.5 + last, "fa_1e6": 100 * last}
+    return {**figs, "best_epoch": 1, "best_val": val, "last_epoch": 2, "last": lst}
+
+
+def test_report_numbers_from_per_run_files(tmp_path):
+    spec = {**STUDY, "seeds": [0, 1, 2]}
+    spec["methods"] = {**STUDY["methods"], "fitnet": {"overrides": ["method.name=fitnet"]}}
+    study = load_study(write_study(tmp_path, spec))
+    root, res = tmp_path / "W" / "tiny", tmp_path / "R" / "tiny"
+    plan = validate_study(study, root)
+    iou = {
+        "student": [0.30, 0.34, 0.29],
+        "msa_awmse": [0.35, 0.33, 0.38],
+        "fitnet": [0.31, None, None],
+    }
+    last = {
+        "student": [0.28, 0.30, 0.31],
+        "msa_awmse": [0.36, 0.30, 0.33],
+        "fitnet": [0.2, None, None],
+    }
+    files = {plan.teachers["syn"]: _metrics(0.45, 0.44, 0.5)}
+    for row in iou:
+        for seed in (0, 1, 2):
+            if iou[row][seed] is not None:
+                run_id = plan.cells[("syn", "methods", row, seed)]
+                files[run_id] = _metrics(iou[row][seed], last[row][seed], 0.1)
+    for run_id, m in files.items():
+        (res / "runs" / run_id).mkdir(parents=True)
+        (res / "runs" / run_id / "metrics.json").write_text(json.dumps(m))
+    table = aggregate(study, plan, res, "results/tiny")
+    rows = {r["row"]: r for r in table["datasets"]["syn"]["methods"]}
+    teacher = table["datasets"]["syn"]["teacher"]
+    assert teacher["best"]["iou"] == 0.45 and teacher["last"]["iou"] == 0.44
+
+    msa, ref = rows["msa_awmse"], iou["student"]
+    assert msa["n"] == 3 and msa["seeds"] == [0, 1, 2]
+    assert msa["best"]["iou"]["mean"] == pytest.approx(statistics.mean(iou["msa_awmse"]))
+    assert msa["best"]["iou"]["std"] == pytest.approx(statistics.stdev(iou["msa_awmse"]))
+    assert msa["last"]["iou"]["mean"] == pytest.approx(statistics.mean(last["msa_awmse"]))
+    assert msa["best"]["fa_1e6"]["mean"] == pytest.approx(100 * statistics.mean(iou["msa_awmse"]))
+    d = [a - b for a, b in zip(iou["msa_awmse"], ref, strict=True)]
+    assert msa["diff_best"]["iou"]["per_seed"] == pytest.approx({"0": d[0], "1": d[1], "2": d[2]})
+    assert msa["diff_best"]["iou"]["mean"] == pytest.approx(statistics.mean(d))
+    assert msa["diff_best"]["iou"]["std"] == pytest.approx(statistics.stdev(d))
+    assert msa["diff_best"]["iou"]["n_positive"] == 2
+    dl = [a - b for a, b in zip(last["msa_awmse"], last["student"], strict=True)]
+    assert msa["diff_last"]["iou"]["mean"] == pytest.approx(statistics.mean(dl))
+    assert msa["diff_last"]["iou"]["n_positive"] == 2
+    assert msa["gap_to_teacher_best"]["iou"] == pytest.approx(
+        statistics.mean(iou["msa_awmse"]) - 0.45
+    )
+    assert msa["runs"] == [
+        f"results/tiny/runs/{plan.cells[('syn', 'methods', 'msa_awmse', s)]}" for s in (0, 1, 2)
+    ]
+
+    fit = rows["fitnet"]  # one seed: n says so, std is null
+    assert fit["n"] == 1 and fit["missing_seeds"] == [1, 2] and fit["best"]["iou"]["std"] is None
+    assert fit["diff_best"]["iou"]["n"] == 1 and fit["diff_best"]["iou"]["std"] is None
+    assert fit["diff_best"]["iou"]["mean"] == pytest.approx(0.31 - 0.30)
+    assert rows["student"]["diff_best"]["iou"]["mean"] == 0.0
+
+    md = format_table(table)
+    assert "| msa_awmse | 3/3 | 35.33 ± 2.52 |" in md and "| fitnet | 1/3 | 31.00 |" in md
+    assert "+1.00" in md  # fitnet ΔIoU 1 point, and gaps shown signed
+    assert tuning_report(study, plan) == {"seed": None, "datasets": {}}
+
+
+# ----------------------------------------------------------------------------- failures
+
+
+def test_a_failed_run_is_reported_and_the_others_continue(tmp_path):
+    student = {**STUDENT, "data": {**STUDENT["data"], "root": str(tmp_path / "no-such-data")}}
+    spec = {**STUDY, "seeds": [0], "methods": {"student": {"overrides": ["method.name=none"]}}}
+    path = write_study(tmp_path, spec, student)
+    cmd = study_cmd(path, tmp_path, tmp_path / "cache", "--workers", "2")
+    res = subprocess.run(cmd, capture_output=True,
+                         text=True, env=ENV, cwd=tmp_path, timeout=300)  # fmt: skip
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert "FAILED syn-student-s0-" in res.stdout and "no-such-data" in res.stdout
+    assert "done syn-teacher-" in res.stdout  # the teacher ran regardless
+    assert "1/2 runs done, 1 failed" in res.stdout
+    table = json.loads((tmp_path / "R/tiny/table.json").read_text())
+    assert table["datasets"]["syn"]["methods"][0]["n"] == 0
+
+
+# ----------------------------------------------------------------------------- whole studies
+
+
+def _strip_paths(obj):
+    if isinstance(obj, dict):
+        return {k: _strip_paths(v) for k, v in obj.items() if k not in ("runs", "run")}
+    if isinstance(obj, list):
+        return [_strip_paths(v) for v in obj]
+    return obj
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory, cache):
+    """The tiny study run once, uninterrupted, with two workers."""
+    work = tmp_path_factory.mktemp("straight")
+    path = write_study(work)
+    t0 = time.monotonic()
+    res = subprocess.run(study_cmd(path, work, cache, "--workers", "2"), capture_output=True,
+                         text=True, env=ENV, cwd=work, timeout=600)  # fmt: skip
+    return work, path, res, time.monotonic() - t0
+
+
+@pytest.mark.slow
+def test_study_end_to_end(finished, cache):
+    work, path, res, seconds = finished
+    assert res.returncode == 0, res.stdout + res.stderr
+    print(f"study of 5 runs: {seconds:.1f} s")
+    assert "5/5 runs done, 0 failed" in res.stdout
+    out = work / "R" / "tiny"
+    for name in (
+        "table.json",
+        "table.md",
+        "iou_bars_syn.png",
+        "val_curves_syn.png",
+        "pd_fa_syn.png",
+    ):
+        assert (out / name).stat().st_size > 0, name
+    table = json.loads((out / "table.json").read_text())
+    rows = table["datasets"]["syn"]["methods"]
+    assert [r["row"] for r in rows] == ["student", "msa_awmse"] and all(r["n"] == 2 for r in rows)
+    assert table["datasets"]["syn"]["teacher"]["done"]
+    for r in rows:
+        for run_id in r["run_ids"]:
+            folder = out / "runs" / run_id
+            assert sorted(p.name for p in folder.iterdir()) == [
+                "config.yaml", "log_summary.json", "metrics.json", "run.json"
+            ]  # fmt: skip
+            run = json.loads((folder / "run.json").read_text())
+            assert run["wall_s"] > 0 and run["threads"] == 1 and run["versions"]["torch"]
+            assert run["machine"]["nproc"] and "irkd " in run["command"]
+            assert {"revision", "dirty"} <= set(run["git"])
+            summary = json.loads((folder / "log_summary.json").read_text())
+            assert [e["epoch"] for e in summary["epochs"]] == [1, 2]
+            assert (
+                summary["epochs"][1]["val"] is not None and "loss" in summary["epochs"][1]["train"]
+            )
+            metrics = json.loads((folder / "metrics.json").read_text())
+            assert {"iou", "best_epoch", "best_val", "last", "last_epoch"} <= set(metrics)
+    md = (out / "table.md").read_text()
+    assert "### Main table, best-on-validation weights" in md and "| msa_awmse | 2/2 |" in md
+
+    # a second invocation starts nothing and leaves the table as it was
+    before = (out / "table.json").read_text()
+    again = subprocess.run(study_cmd(path, work, cache), capture_output=True, text=True,
+                           env=ENV, cwd=work, timeout=300)  # fmt: skip
+    assert again.returncode == 0 and " start " not in again.stdout, again.stdout
+    assert (out / "table.json").read_text() == before
+    rep = subprocess.run(study_cmd(path, work, cache, "--report"), capture_output=True, text=True,
+                         env=ENV, cwd=work, timeout=300)  # fmt: skip
+    assert rep.returncode == 0 and (out / "table.json").read_text() == before
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(stat.parent.name))
+    return out
+
+
+def _live_processes_mentioning(text: str) -> list[int]:
+    out = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if text in cmdline and state != "Z" and int(proc.name) != os.getpid():
+            out.append(int(proc.name))
+    return out
+
+
+@pytest.mark.slow
+def test_study_killed_with_sigkill_then_restarted_gives_the_same_table(finished, cache, tmp_path):
+    straight_work = finished[0]
+    assert finished[2].returncode == 0
+    path = write_study(tmp_path)
+    cmd = study_cmd(path, tmp_path, cache, "--workers", "2")
+    runs = tmp_path / "W" / "tiny"
+    log = open(tmp_path / "first.log", "w")  # noqa: SIM115
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=ENV, cwd=tmp_path)
+    deadline = time.monotonic() + 300
+    while True:  # wait until some run has a checkpoint and is not finished
+        partial = [
+            d for d in runs.glob("*")
+            if (d / "checkpoints/last/state.json").is_file() and not (d / "metrics.json").is_file()
+        ]  # fmt: skip
+        if partial:
+            break
+        assert proc.poll() is None, "the study ended before a checkpoint was seen"
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    delay = random.uniform(0.0, 0.3)
+    time.sleep(delay)
+    children = _children(proc.pid)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    log.close()
+    print(f"killed after {delay:.2f} s more, {len(children)} run(s) in progress")
+    # the runs die with the study (PR_SET_PDEATHSIG): nothing keeps writing
+    deadline = time.monotonic() + 20
+    while _live_processes_mentioning(str(runs)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _live_processes_mentioning(str(runs))
+    snap = {p: p.stat().st_mtime_ns for p in runs.rglob("*") if p.is_file()}
+    time.sleep(1.0)
+    assert snap == {p: p.stat().st_mtime_ns for p in runs.rglob("*") if p.is_file()}
+    interrupted = [d.name for d in runs.glob("*") if (d / "checkpoints/last/state.json").is_file()
+                   and not (d / "metrics.json").is_file()]  # fmt: skip
+
+    res = subprocess.run(cmd, capture_output=True, text=True, env=ENV, cwd=tmp_path, timeout=600)
+    assert res.returncode == 0, res.stdout + res.stderr
+    for run_id in interrupted:
+        assert f"start {run_id} (" in res.stdout and "resume after epoch" in res.stdout, res.stdout
+    a = json.loads((straight_work / "R/tiny/table.json").read_text())
+    b = json.loads((tmp_path / "R/tiny/table.json").read_text())
+    assert _strip_paths(a) == _strip_paths(b)
+    for run_id in (p.name for p in (straight_work / "R/tiny/runs").iterdir()):
+        for name in ("log_summary.json", "metrics.json"):
+            x = json.loads((straight_work / "R/tiny/runs" / run_id / name).read_text())
+            y = json.loads((tmp_path / "R/tiny/runs" / run_id / name).read_text())
+            for d in (x, y):
+                for key in ("wall_s", "weights", "dataset"):
+                    d.pop(key, None)
+            assert x == y, (run_id, name)
