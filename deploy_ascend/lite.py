@@ -199,7 +199,7 @@ def converter_config(
 
 
 def _write_text_atomic(path: Path, text: str) -> None:
-    write_text_atomic(path, text, mode=0o644)
+    write_text_atomic(path, text)
 
 
 def aipp_path_for(config_path: str | os.PathLike[str]) -> Path:

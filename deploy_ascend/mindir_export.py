@@ -38,6 +38,7 @@ import numpy as np
 from mindspore import nn
 
 import ms_impl  # noqa: F401  (sets ONEDNN_MAX_CPU_ISA before MindSpore's first convolution)
+from irkd.reports import file_mode
 
 __all__ = [
     "DynamicShapeError",
@@ -186,7 +187,7 @@ def export_mindir(
             if dynamic:
                 _probe_dynamic(tmp, net, channels, height + 32, width + 32)
         with contextlib.suppress(OSError):
-            os.chmod(tmp, 0o644)  # mindspore.export leaves it owner-read-only (0o400)
+            os.chmod(tmp, file_mode())  # mindspore.export leaves it owner-read-only (0o400)
         fd = os.open(tmp, os.O_RDONLY)
         try:
             os.fsync(fd)

@@ -10,6 +10,7 @@ The resolved config is saved with every run (:func:`save_config`).
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import types
 import typing
@@ -40,6 +41,11 @@ __all__ = [
 
 class ConfigError(ValueError):
     """A config file or override is invalid; the message names the key."""
+
+
+#: Largest seed: numpy's legacy seeding, MindSpore's ``set_seed`` and the data RNGs take
+#: 32-bit unsigned seeds.
+MAX_SEED = 2**32 - 1
 
 
 @dataclass
@@ -338,11 +344,30 @@ def _check_values(obj: Any, prefix: str) -> None:
                 f"needs one weight per stage ({len(obj.stages)})",
             )
     elif isinstance(obj, OptimConfig):
-        need(obj.lr > 0, "lr", "must be > 0")
+        need(math.isfinite(obj.lr) and obj.lr > 0, "lr", f"must be a number > 0, got {obj.lr!r}")
+        need(
+            math.isfinite(obj.weight_decay) and obj.weight_decay >= 0,
+            "weight_decay",
+            f"must be a number >= 0, got {obj.weight_decay!r}",
+        )
+        need(0 <= obj.momentum < 1, "momentum", f"must be in [0, 1), got {obj.momentum!r}")
         need(len(obj.betas) == 2, "betas", "needs two values")
+        need(all(0 <= b < 1 for b in obj.betas), "betas", f"must be in [0, 1), got {obj.betas!r}")
+        need(math.isfinite(obj.eps) and obj.eps > 0, "eps", f"must be > 0, got {obj.eps!r}")
     elif isinstance(obj, ScheduleConfig):
         need(obj.epochs >= 1, "epochs", "must be >= 1")
         need(obj.warmup_epochs >= 0, "warmup_epochs", "must be >= 0")
+        need(
+            math.isfinite(obj.min_lr) and obj.min_lr >= 0,
+            "min_lr",
+            f"must be a number >= 0 (the final learning rate), got {obj.min_lr!r}",
+        )
+        need(
+            math.isfinite(obj.gamma) and 0 < obj.gamma <= 1,
+            "gamma",
+            f"must be in (0, 1] (the step decay factor), got {obj.gamma!r}",
+        )
+        need(obj.step_epochs >= 1, "step_epochs", "must be >= 1")
         need(
             obj.steps_per_epoch is None or obj.steps_per_epoch >= 1,
             "steps_per_epoch",
@@ -352,13 +377,53 @@ def _check_values(obj: Any, prefix: str) -> None:
         need(obj.eval_every >= 1, "eval_every", "must be >= 1")
         need(obj.log_every >= 1, "log_every", "must be >= 1")
         need(obj.keep_last >= 1, "keep_last", "must be >= 1")
+    elif isinstance(obj, ExperimentConfig):
+        need(
+            0 <= obj.seed <= MAX_SEED,
+            "seed",
+            f"must be an integer in [0, {MAX_SEED}] (2**32 - 1, what every RNG here accepts), "
+            f"got {obj.seed}",
+        )
+        if obj.schedule.scheduler == "cosine":
+            need(
+                obj.schedule.min_lr <= obj.optim.lr,
+                "schedule.min_lr",
+                f"{obj.schedule.min_lr:g} is above optim.lr {obj.optim.lr:g}: the cosine "
+                "schedule would raise the learning rate",
+            )
 
 
 # ----------------------------------------------------------------------------- public API
 
 
+class DuplicateKeyError(yaml.YAMLError):
+    """A YAML mapping that holds the same key twice (the last would silently win)."""
+
+    def __init__(self, key: Any, line: int, first: int) -> None:
+        super().__init__(f"duplicate key {key!r} at line {line} (first at line {first})")
+        self.key, self.line, self.first = key, line, first
+
+
 class _Loader(yaml.SafeLoader):
-    """Safe YAML loader that reads ``1e-3`` as a float (YAML 1.2), not a string."""
+    """Safe YAML loader that reads ``1e-3`` as a float (YAML 1.2), not a string, and refuses
+    a mapping that holds the same key twice (YAML itself lets the last one win silently).
+    """  # noqa: D205
+
+    def construct_mapping(self, node: yaml.Node, deep: bool = False) -> dict[Any, Any]:
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue  # `<<: *base` then an explicit key is an override, not a duplicate
+                key = self.construct_object(key_node, deep=True)
+                line = key_node.start_mark.line + 1
+                try:
+                    if key in seen:
+                        raise DuplicateKeyError(key, line, seen[key])
+                    seen[key] = line
+                except TypeError:  # an unhashable key: SafeConstructor reports it
+                    continue
+        return super().construct_mapping(node, deep=deep)
 
 
 _Loader.add_implicit_resolver(
@@ -460,7 +525,21 @@ def load_config(
         if not p.is_file():
             raise ConfigError(f"config file {p} not found")
         try:
-            data = _yaml_load(p.read_text()) or {}
+            text = p.read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            raise ConfigError(
+                f"config file {p} is not UTF-8 text (byte {exc.object[exc.start]:#04x} at "
+                f"offset {exc.start}): save it as UTF-8"
+            ) from None
+        except OSError as exc:
+            raise ConfigError(f"config file {p} cannot be read: {exc.strerror or exc}") from None
+        try:
+            data = _yaml_load(text) or {}
+        except DuplicateKeyError as exc:
+            raise ConfigError(
+                f"config file {p}: duplicate key {exc.key!r} at line {exc.line} (first at line "
+                f"{exc.first}); a key may appear once in a mapping"
+            ) from None
         except yaml.YAMLError as exc:
             raise ConfigError(f"config file {p} is not valid YAML: {exc}") from exc
     try:

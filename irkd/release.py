@@ -16,10 +16,29 @@ Framework-free orchestration. The CLI passes in one :class:`ReleaseBackend` per 
    normalisation, metrics, the parity summary, latency, tool versions, converter and trtexec
    commands) and only then moves the folder into place. A failed step leaves no partial
    release behind.
+
+What ``--overwrite`` may replace
+================================
+
+Every export and release folder holds a marker, :data:`MARKER` (``.irkd-artifact.json``:
+the kind, ``irkd-export`` or ``irkd-release``, and the files written). ``overwrite=True``
+replaces an existing ``out`` only when it is recognisably an earlier output of the same
+command (:func:`check_out`):
+
+- it is a folder holding the marker, of the same kind, and no file that the marker does not
+  list (nothing the user added would be lost);
+- it is neither the current folder nor one of its parents;
+- it holds none of the inputs (the weights files, the parity report) and is not inside one
+  of them.
+
+Anything else is refused with one line, before the gate or any framework runs; a folder
+that does not exist yet is always fine. ``out`` is resolved first, so ``--out .`` names
+the folder itself (the swap never renames ``.``, and no temporary folder is left behind).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import shutil
@@ -31,14 +50,16 @@ from typing import Any
 
 from irkd.engine import atomic_dir
 from irkd.gate import check_gate
-from irkd.reports import write_json_atomic
+from irkd.reports import file_mode, write_json_atomic
 from irkd.weights import extra_metadata, load_neutral, sha256_file
 
 __all__ = [
+    "MARKER",
     "ModelInfo",
     "ReleaseBackend",
     "ReleaseError",
     "build_release",
+    "check_out",
     "export_model",
     "input_spec",
     "model_info",
@@ -46,6 +67,10 @@ __all__ = [
 ]
 
 ROLES = ("teacher", "student")
+#: The file that makes a folder recognisable as an export or release of this tool.
+MARKER = ".irkd-artifact.json"
+_KINDS = {"irkd-export": "export", "irkd-release": "release"}
+_SUMMARIES = ("manifest.json", "export.json")
 
 
 class ReleaseError(RuntimeError):
@@ -163,10 +188,105 @@ def speedups(latency: Mapping[str, Mapping[str, Any]]) -> dict[str, float]:
     return out
 
 
+def _inside(path: Path, folder: Path) -> bool:
+    """Whether ``path`` is ``folder`` or lies below it (both resolved)."""
+    return path == folder or folder in path.parents
+
+
+def check_out(
+    out: str | os.PathLike[str],
+    kind: str,
+    inputs: Sequence[str | os.PathLike[str]],
+    *,
+    overwrite: bool,
+) -> Path:
+    """Refuse an output folder that ``--overwrite`` must not replace; return it resolved.
+
+    See the module docstring ("What ``--overwrite`` may replace").
+
+    Args:
+        out: The export or release folder.
+        kind: ``irkd-export`` or ``irkd-release``.
+        inputs: The files the command reads (weights, parity report).
+        overwrite: Whether replacing an existing folder was asked for.
+
+    Raises:
+        FileExistsError: ``out`` exists and may not (or was not asked to) be replaced; the
+            message says why.
+    """
+    what = _KINDS[kind]
+    given = Path(out)
+    target = given.resolve()
+    for f in inputs:
+        src = Path(f).resolve()
+        if _inside(src, target):
+            raise FileExistsError(
+                f"--out {given} holds the input {f}: the {what} would replace the file it is "
+                f"made from; choose another --out"
+            )
+        if _inside(target, src):
+            raise FileExistsError(f"--out {given} lies inside the input {f}: choose another --out")
+    if not target.exists() and not target.is_symlink():
+        return target
+    if not overwrite:
+        raise FileExistsError(f"{given} exists: choose another --out or pass --overwrite")
+    if _inside(Path.cwd().resolve(), target):
+        raise FileExistsError(
+            f"--out {given} is the current folder or one of its parents: --overwrite never "
+            "replaces it; choose another --out"
+        )
+    if not target.is_dir():
+        raise FileExistsError(
+            f"--out {given} is a file, not an earlier {what} folder: --overwrite only replaces "
+            f"a folder written by `irkd {what}`"
+        )
+    marker = _read_marker(target)
+    if marker is None:
+        raise FileExistsError(
+            f"--out {given} is not an earlier {what} (no {MARKER} in it): --overwrite only "
+            f"replaces a folder written by `irkd {what}`; choose another --out"
+        )
+    if marker.get("kind") != kind:
+        raise FileExistsError(
+            f"--out {given} holds an {_KINDS.get(str(marker.get('kind')), 'unknown')} output, "
+            f"not an {what}: --overwrite only replaces an earlier {what}"
+        )
+    listed = set(marker.get("files") or []) | {MARKER, *_SUMMARIES}
+    extra = sorted(
+        p.relative_to(target).as_posix()
+        for p in target.rglob("*")
+        if not p.is_dir() and p.relative_to(target).as_posix() not in listed
+    )
+    if extra:
+        shown = ", ".join(extra[:5]) + (", ..." if len(extra) > 5 else "")
+        raise FileExistsError(
+            f"--out {given} holds {len(extra)} file(s) that the earlier {what} did not write "
+            f"({shown}): --overwrite would delete them; move them out or choose another --out"
+        )
+    return target
+
+
+def _read_marker(folder: Path) -> dict[str, Any] | None:
+    p = folder / MARKER
+    try:
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _finish(tmp: Path, kind: str) -> None:
+    """Write the marker (listing every file) and give the folder the umask's mode."""
+    files = sorted(p.relative_to(tmp).as_posix() for p in tmp.rglob("*") if not p.is_dir())
+    write_json_atomic(tmp / MARKER, {"kind": kind, "version": 1, "files": files})
+    # atomic_dir's temporary folder comes from mkdtemp (0o700): like any new folder instead.
+    os.chmod(tmp, file_mode(0o777))
+
+
 def _files(root: Path) -> list[dict[str, Any]]:
     rows = []
     for p in sorted(root.rglob("*")):
-        if p.is_file() and p.name not in ("manifest.json", "export.json"):
+        if p.is_file() and p.name not in (*_SUMMARIES, MARKER):
             rows.append(
                 {
                     "path": p.relative_to(root).as_posix(),
@@ -198,17 +318,17 @@ def build_release(
         backends: Targets to build.
         evaluate: ``evaluate(student_info, release_dir) -> metrics`` on the test split (None:
             no metrics).
-        overwrite: Replace an existing release folder (only once the new one is complete).
+        overwrite: Replace an existing release folder (only once the new one is complete, and
+            only an earlier release: see :func:`check_out`).
         say: Progress messages.
 
     Raises:
         irkd.gate.GateError: No passing parity report for these exact weights.
         ReleaseError: A step failed; nothing is left at ``out``.
-        FileExistsError: ``out`` exists and ``overwrite`` is false.
+        FileExistsError: ``out`` exists and ``overwrite`` is false, or ``out`` is not a
+            folder ``overwrite`` may replace (:func:`check_out`).
     """
-    out = Path(out)
-    if out.exists() and not overwrite:
-        raise FileExistsError(f"{out} exists: choose another --out or pass --overwrite")
+    out = check_out(out, "irkd-release", [teacher, student, report], overwrite=overwrite)
     parity = check_gate(report, [teacher, student])
     infos = {"teacher": model_info("teacher", teacher), "student": model_info("student", student)}
     say(
@@ -273,7 +393,8 @@ def build_release(
             "parity": {
                 "report": str(Path(report).resolve()),
                 "report_sha256": sha256_file(report),
-                "passed": parity["passed"],
+                "passed": parity["gate"]["passed"],
+                "gate": parity["gate"],
                 "quick": parity.get("quick"),
                 "counts": parity.get("counts"),
                 "summary": parity.get("summary"),
@@ -288,6 +409,7 @@ def build_release(
         manifest["files"] = _files(tmp)
         manifest["build_seconds"] = round(time.perf_counter() - t0, 1)
         write_json_atomic(tmp / "manifest.json", manifest)
+        _finish(tmp, "irkd-release")
     say(f"release written: {out}")
     return manifest
 
@@ -310,11 +432,10 @@ def export_model(
     Raises:
         irkd.gate.GateError: No passing parity report for these exact weights.
         ReleaseError: An export step failed; nothing is left at ``out``.
+        FileExistsError: ``out`` exists and may not be replaced (:func:`check_out`).
     """
-    out = Path(out)
-    if out.exists() and not overwrite:
-        raise FileExistsError(f"{out} exists: choose another --out or pass --overwrite")
-    check_gate(report, [weights])
+    out = check_out(out, "irkd-export", [weights, report], overwrite=overwrite)
+    parity = check_gate(report, [weights])
     info = model_info(role, weights)
     with atomic_dir(out) as tmp:
         results: dict[str, Any] = {}
@@ -333,11 +454,13 @@ def export_model(
             "network": info.network,
             "weights_sha256": info.sha256,
             "parity_report": str(Path(report).resolve()),
+            "parity_gate": parity["gate"],
             "input": input_spec(info),
             "artifacts": results,
             "files": _files(tmp),
         }
         write_json_atomic(tmp / "export.json", summary)
+        _finish(tmp, "irkd-export")
     return summary
 
 

@@ -51,6 +51,35 @@ def to_jsonable(obj: Any) -> Any:
     raise TypeError(f"object of type {type(obj).__name__} has no JSON form: {obj!r}")
 
 
+def current_umask() -> int:
+    """The process's umask, read without changing it where the OS allows.
+
+    Linux publishes it in ``/proc/self/status``; elsewhere it is read by setting and
+    restoring it (``os.umask`` has no read-only form).
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def file_mode(base: int = 0o666) -> int:
+    """Permissions a plain ``open(path, "w")`` would give a new file: ``base & ~umask``.
+
+    ``tempfile.mkstemp`` creates 0o600 files and ``tempfile.mkdtemp`` 0o700 folders whatever
+    the umask; an atomic writer that renames such a file into place must set this mode
+    first, so that its results look like any other file the user creates (``0o644`` under
+    the usual umask 022). Folders: ``file_mode(0o777)``.
+    """
+    return base & ~current_umask()
+
+
 def write_text_atomic(path: str | os.PathLike[str], text: str, *, mode: int | None = None) -> Path:
     """Write text so that readers never see a partial file.
 
@@ -60,7 +89,8 @@ def write_text_atomic(path: str | os.PathLike[str], text: str, *, mode: int | No
     Args:
         path: Destination file.
         text: The content (UTF-8).
-        mode: File permissions to set before the rename (None: the temporary file's 0o600).
+        mode: File permissions to set before the rename (None: those of a newly created
+            file under the current umask, :func:`file_mode`).
 
     Returns:
         The destination path.
@@ -73,8 +103,7 @@ def write_text_atomic(path: str | os.PathLike[str], text: str, *, mode: int | No
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
-        if mode is not None:
-            os.chmod(tmp_name, mode)
+        os.chmod(tmp_name, file_mode() if mode is None else mode)
         os.replace(tmp_name, dest)
     except BaseException:
         try:

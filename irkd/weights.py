@@ -71,6 +71,8 @@ import numpy as np
 from safetensors.numpy import load as _st_load
 from safetensors.numpy import save as _st_save
 
+from irkd.reports import file_mode
+
 __all__ = [
     "BN_TORCH_TO_MS",
     "BN_MS_TO_TORCH",
@@ -82,12 +84,14 @@ __all__ = [
     "Spec",
     "WeightsError",
     "atomic_path",
+    "check_finite",
     "check_strict",
     "extra_metadata",
     "load_neutral",
     "save_neutral",
     "sha256_file",
     "spec_of",
+    "wrong_network",
 ]
 
 FORMAT = "irkd-neutral"
@@ -106,6 +110,8 @@ BN_MS_TO_TORCH: dict[str, str] = {v: k for k, v in BN_TORCH_TO_MS.items()}
 DROPPED_BUFFERS: tuple[str, ...] = ("num_batches_tracked",)
 
 _NUMERIC_KINDS = "biuf"  # bool, signed, unsigned, float
+#: Names listed per kind of mismatch in a :func:`check_strict` message (the rest counted).
+_LISTED = 8
 
 
 class WeightsError(ValueError):
@@ -242,8 +248,8 @@ def check_strict(
             dnanet_s"``.
 
     Raises:
-        WeightsError: Listing every missing, unexpected, wrongly shaped and wrongly typed
-            name in one message.
+        WeightsError: Counting the missing, unexpected, wrongly shaped and wrongly typed
+            names in one message (the first few of each are named).
     """
     missing = sorted(set(expected) - set(arrays))
     unexpected = sorted(set(arrays) - set(expected))
@@ -261,16 +267,57 @@ def check_strict(
                 f"{name}: file {np.dtype(arr.dtype).name} vs network {np.dtype(dtype).name}"
             )
     parts = []
+    limit = _LISTED
     if missing:
-        parts.append(f"missing {len(missing)} ({_name_list(missing)})")
+        parts.append(f"missing {len(missing)} ({_name_list(missing, limit)})")
     if unexpected:
-        parts.append(f"unexpected {len(unexpected)} ({_name_list(unexpected)})")
+        parts.append(f"unexpected {len(unexpected)} ({_name_list(unexpected, limit)})")
     if bad_shape:
-        parts.append(f"wrong shape {len(bad_shape)} ({_name_list(bad_shape)})")
+        parts.append(f"wrong shape {len(bad_shape)} ({_name_list(bad_shape, limit)})")
     if bad_dtype:
-        parts.append(f"wrong dtype {len(bad_dtype)} ({_name_list(bad_dtype)})")
+        parts.append(f"wrong dtype {len(bad_dtype)} ({_name_list(bad_dtype, limit)})")
     if parts:
         raise WeightsError(f"{what}: " + ", ".join(parts))
+
+
+def check_finite(arrays: Mapping[str, Any], *, what: str) -> None:
+    """Fail when a floating-point tensor holds NaN or infinity.
+
+    Args:
+        arrays: Name -> array (numpy, or anything ``numpy.asarray`` reads).
+        what: Start of the error message, e.g. ``"weights file x.pt"``.
+
+    Raises:
+        WeightsError: Naming the tensors with non-finite values (the first few) and how many
+            elements are affected.
+    """
+    bad: list[str] = []
+    for name in sorted(arrays):
+        arr = np.asarray(arrays[name])
+        if arr.dtype.kind != "f" or arr.size == 0:
+            continue
+        n_bad = int(arr.size - np.count_nonzero(np.isfinite(arr)))
+        if n_bad:
+            bad.append(f"{name} ({n_bad} of {arr.size})")
+    if bad:
+        raise WeightsError(
+            f"{what} holds NaN or infinite values in {len(bad)} tensor(s): "
+            f"{_name_list(bad, _LISTED)}; such weights are refused (a diverged run? use an "
+            "earlier checkpoint)"
+        )
+
+
+def wrong_network(path: str | os.PathLike[str], stored: str, wanted: str) -> WeightsError:
+    """The one-line error for a weights file of another network than the one asked for.
+
+    Used instead of :func:`check_strict`'s list of tensor names when the file's metadata
+    names its network: ``dnanet_s`` against ``dnanet_xxs`` differs in every tensor, and the
+    network name is what the user needs to see.
+    """
+    return WeightsError(
+        f"weights file {path} holds a {stored!r} network (the name stored in the file), not "
+        f"{wanted!r}: use weights of {wanted!r}, or set the network name to {stored!r}"
+    )
 
 
 # --------------------------------------------------------------------------- files
@@ -282,7 +329,8 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
 
     The temporary file lives in the same folder (so :func:`os.replace` is atomic) and keeps
     the suffix of ``path`` (MindSpore's ``save_checkpoint`` appends ``.ckpt`` otherwise). On an
-    exception it is removed and ``path`` is left as it was.
+    exception it is removed and ``path`` is left as it was. The file placed at ``path`` has
+    the permissions of any newly created file (``0o666 & ~umask``), not ``mkstemp``'s 0o600.
 
     Args:
         path: Final destination.
@@ -299,7 +347,10 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     tmp = Path(tmp_name)
     try:
         yield tmp
-        with open(tmp, "rb+") as fh:
+        # mkstemp makes the file 0o600 (MindSpore's writers even 0o400): give it the mode
+        # any new file gets under the umask.
+        os.chmod(tmp, file_mode())
+        with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     finally:
@@ -363,10 +414,31 @@ def save_neutral(
             meta["extra"] = json.dumps(dict(metadata), sort_keys=True)
         except (TypeError, ValueError) as exc:
             raise WeightsError(f"metadata is not JSON-serialisable: {exc}") from None
-    data = _st_save(tensors, metadata=meta)
+    data = _canonical(_st_save(tensors, metadata=meta))
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
     return path
+
+
+def _canonical(data: bytes) -> bytes:
+    """The same safetensors bytes with a deterministic header.
+
+    The safetensors writer keeps the metadata in a hash map, so its key order (and with it
+    the file's sha256) changes from one process to the next. The header is rewritten with
+    the metadata keys sorted (tensor entries keep the writer's order, which is sorted
+    already), compact JSON, and padded with spaces to a multiple of 8 bytes as the writer
+    does; the data section is unchanged (its offsets are relative to the header's end).
+    """
+    n = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + n])
+    meta = header.pop("__metadata__", None)
+    ordered: dict[str, Any] = {}
+    if meta is not None:
+        ordered["__metadata__"] = dict(sorted(meta.items()))
+    ordered.update(header)
+    text = json.dumps(ordered, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    text += b" " * (-len(text) % 8)
+    return len(text).to_bytes(8, "little") + text + data[8 + n :]
 
 
 def _read_header(data: bytes, path: Path) -> dict[str, Any]:

@@ -74,6 +74,7 @@ import numpy as np
 from mindspore import Parameter, Tensor, ops
 from mindspore.experimental import optim
 
+from irkd.reports import file_mode
 from irkd.weights import Spec, WeightsError, check_strict
 
 __all__ = [
@@ -219,6 +220,8 @@ def save_optimizer(optimizer: optim.Optimizer, path: str | os.PathLike[str]) -> 
     state = optimizer_state(optimizer)
     entries = [{"name": n, "data": Tensor(p.asnumpy().copy())} for n, p in state.items()]
     ms.save_checkpoint(entries, str(path))
+    # MindSpore leaves its checkpoints owner-read-only: give the file the umask's mode.
+    os.chmod(path, file_mode())
     return path
 
 

@@ -35,7 +35,7 @@ from mindspore import nn, ops
 from irkd.config import MethodConfig
 from irkd.data import IRSTDDataset
 from irkd.engine import predict_split
-from irkd.weights import WeightsError, extra_metadata, load_neutral
+from irkd.weights import WeightsError, extra_metadata, load_neutral, wrong_network
 from ms_impl.models import create_model
 from ms_impl.weights import load_neutral_ms, read_ckpt
 
@@ -152,25 +152,35 @@ def load_network(
         The network (``set_train(False)``).
 
     Raises:
-        WeightsError: A missing/extra/mis-shaped tensor, or an unreadable or unsupported file.
+        WeightsError: A missing/extra/mis-shaped tensor, or an unreadable or unsupported file;
+            a file whose metadata names another network that does not fit says so in one line.
         ValueError: No network name given or stored.
     """
     stored: dict[str, Any] = {}
     arrays: Mapping[str, np.ndarray] | None = None
+    other = None  # the network stored in the file, when it is not ``name``
     if weights is not None:
         p = Path(weights)
         if not p.is_file():
             raise WeightsError(f"weights file {p} not found")
         if p.suffix.lower() == ".safetensors":
             arrays, info = read_weights(p)
-            stored = dict(info.get("kwargs") or {})
             if name is None:
                 name = info.get("network")
+            if info.get("network") in (None, name):
+                stored = dict(info.get("kwargs") or {})
+            else:  # its stored kwargs describe that other network
+                other = str(info["network"])
     if name is None:
         raise ValueError(f"no network name given and none stored in {weights}: pass --network")
     net = create_model(name, **{**stored, **kwargs})
     if arrays is not None:
-        load_neutral_ms(net, arrays, network=f"{name} ({Path(weights).name})")
+        try:
+            load_neutral_ms(net, arrays, network=f"{name} ({Path(weights).name})")
+        except WeightsError:
+            if other is None:
+                raise
+            raise wrong_network(weights, other, name) from None
     elif weights is not None:
         load_weights(net, weights, network=name)
     net.set_train(False)

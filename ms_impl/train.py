@@ -122,7 +122,7 @@ from irkd.engine import (
     noise_for,
     run_training,
 )
-from irkd.weights import check_strict, load_neutral
+from irkd.weights import WeightsError, check_strict, load_neutral
 from irkd.zoo import stage_channels
 from ms_impl.losses import task_loss
 from ms_impl.models import create_model
@@ -175,7 +175,10 @@ def load_teacher(cfg: ExperimentConfig) -> nn.Cell:
     path = Path(t.checkpoint)
     if not path.is_file():
         raise FileNotFoundError(f"teacher checkpoint {path} not found")
-    return freeze(load_network(t.name, path, **t.kwargs))
+    try:
+        return freeze(load_network(t.name, path, **t.kwargs))
+    except WeightsError as exc:
+        raise WeightsError(f"teacher.checkpoint: {exc}") from None
 
 
 class MSTrainer:

@@ -23,6 +23,7 @@ from irkd.weights import (
     Spec,
     WeightsError,
     atomic_path,
+    check_finite,
     check_strict,
     load_neutral,
     save_neutral,
@@ -277,6 +278,7 @@ def ckpt_to_neutral(
         What was written, and the checkpoint entries dropped (optimizer state, counters).
     """
     arrays, dropped = read_ckpt(ckpt_path, net, network=name)
+    check_finite(arrays, what=f"weights file {ckpt_path}")
     save_neutral(out_path, arrays, network=name, source=SOURCE)
     return ConversionReport(
         Path(ckpt_path), Path(out_path), len(arrays), tuple(dropped), sha256_file(out_path), name
@@ -305,6 +307,7 @@ def neutral_to_ckpt(
         arrays,
         what=f"weights file {Path(neutral_path).name} does not fit {label}",
     )
+    check_finite(arrays, what=f"weights file {neutral_path}")
     write_ckpt(arrays, out_path, net, network=label)
     return ConversionReport(
         Path(neutral_path),

@@ -57,6 +57,34 @@ Checks per step ``k`` (1-based, PyTorch the reference):
     drift: family ``train_adamw_zero_grad``, ``atol`` = the family's plus
     ``(1 - 0.9**k) * 2 * lr * (k - 1)`` (see :func:`_stats_checks`).
 
+``loss step k mindspore~pytorch at mindspore weights`` (also ``task``, ``kd``) and
+``bn running_mean|running_var step k mindspore~pytorch at mindspore weights`` (AdamW, k >= 2)
+    The well-conditioned form of the two checks above, for the steps after an AdamW step.
+    The reference is PyTorch's forward of step ``k`` from **MindSpore's** state before that
+    step (its weights and running statistics loaded into a copy of the PyTorch student and
+    distiller, :func:`_torch_from`): both sides then start from identical numbers, and
+    ``R_k(ms) - R_k(ref) = 0.1 * (B_ms(W) - B_torch(W))`` for a running statistic (``B`` the
+    batch statistic of the same weights ``W`` and batch), which is the situation of
+    ``net/<n>/train-bn`` (one train-mode forward): family ``stats``. The loss terms likewise
+    compare two forwards of identical weights: family ``loss_trajectory``.
+
+Gating and advisory checks (:func:`advisory`): under AdamW, the end-to-end ``loss``/``task``
+/``kd`` and ``bn running_mean``/``running_var`` checks of steps ``k >= 2`` are reported
+(``gating: false``) but do not decide the verdict. Why no bound from the table can hold for
+them: after step 1 the two runs' weights differ by up to ``2 * lr`` per step on the elements
+whose tiny gradient float32 gave opposite signs in the two frameworks
+(:func:`adamw_hard_tolerance`, a handful of elements), and the forward of step ``k`` turns
+that weight difference ``dW`` into ``J dW`` in every downstream batch statistic, ``J`` the
+Jacobian of the statistic with respect to the weights: a property of the trained weights and
+of the batch, not of the implementations (the project's own demo weights gave err/tol 1.05 on
+``train/adamw/graph`` ``bn running_var step 3`` against the ``train_adamw`` row, seeded random
+weights 0.01). What the verdict keeps under AdamW: step 1 end to end (identical weights on both
+sides), the parameters at every step with their derived bounds (the per-element
+``2 * lr * k``, the 1% fraction beyond ``0.5 * lr * k`` and the zero-grad ``2 * lr * k``), and
+the conditioned checks above. SGD has no such amplification (an update is ``lr * g``, as
+continuous as the gradient): its end-to-end checks all gate. :func:`expected_tolerance` gives
+the bound of every check by its name (the release gate recomputes verdicts with it).
+
 Cases: ``train/<optimizer>/<mode>`` (method ``msa_awmse`` on :data:`STAGE`, teacher
 :data:`TEACHER`, student :data:`STUDENT`) for ``sgd`` and ``adamw`` and each MindSpore mode,
 ``mode`` being ``cfg.train.graph_mode`` of the MindSpore trainer (GRAPH_MODE compiles the
@@ -70,6 +98,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import re
 from collections.abc import Iterator, Mapping, Sequence
 from functools import partial
 from typing import Any
@@ -101,7 +130,10 @@ __all__ = [
     "TEACHER",
     "ZERO_GRAD_REL",
     "adamw_tolerance",
+    "advisory",
     "exact_zero_grads",
+    "expected_tolerance",
+    "required_checks",
     "train_cases",
 ]
 
@@ -123,6 +155,13 @@ ADAMW_LR_FRACTION = 0.5
 
 _PAIR = "mindspore~pytorch"
 _STATS = ("running_mean", "running_var")
+#: Suffix of the well-conditioned checks (the reference starts from MindSpore's state).
+AT_MS = "at mindspore weights"
+_TERMS = ("loss", "task", "kd")
+_CASE_RE = re.compile(r"^train/(?P<opt>[a-z]+)/(?P<mode>[a-z]+)(?:/(?P<method>[a-z_]+))?$")
+_WHAT_RE = re.compile(
+    rf"^(?P<what>.+?),? step (?P<n>\d+) {re.escape(_PAIR)}(?P<at> {re.escape(AT_MS)})?$"
+)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -325,6 +364,107 @@ def adamw_hard_tolerance(lr: float, step: int) -> Tolerance:
     )
 
 
+def zero_grad_tolerance(lr: float, step: int) -> Tolerance:
+    """The bound of the AdamW zero-grad parameter elements after ``step`` steps.
+
+    Each framework moves them by up to ``lr`` a step, in directions of its own.
+    """
+    return Tolerance(
+        2.0 * lr * step,
+        0.0,
+        f"zero-grad elements after {step} AdamW steps: each framework moves them by up to "
+        f"lr = {lr:g} a step",
+    )
+
+
+def running_mean_tolerance(lr: float, step: int) -> Tolerance:
+    """The AdamW running means' bound after ``step`` steps, end to end.
+
+    The ``train_adamw`` row plus the running mean's share of the zero-grad bias drift,
+    ``(1 - 0.9**n) * 2 * lr * (n - 1)`` (see :func:`_stats_checks`).
+    """
+    base = TOLERANCES["train_adamw"]
+    drift = (1.0 - 0.9**step) * 2.0 * lr * (step - 1)
+    return Tolerance(
+        base.atol + drift,
+        base.rtol,
+        f"train_adamw plus the running mean's share of the zero-grad bias drift after "
+        f"{step} AdamW steps at lr {lr:g}: (1 - 0.9^n) * 2 * lr * (n - 1) = {drift:.3g}",
+    )
+
+
+#: The limit of the fraction check (a fraction compared with 0 under this atol).
+FRACTION_LIMIT = Tolerance(ADAMW_MAX_FRACTION, 0.0, "at most 1% of the elements beyond the bound")
+
+
+def advisory(case: str, what: str) -> bool:
+    """Whether a check of the training cases is reported without deciding the verdict.
+
+    True for the end-to-end ``loss``/``task``/``kd`` and ``bn running_mean``/``running_var``
+    checks of AdamW steps ``k >= 2`` (the module docstring says why; their well-conditioned
+    twins ``... at mindspore weights`` gate instead). False for everything else, including
+    any check of another family of cases.
+    """
+    c = _CASE_RE.match(case)
+    w = _WHAT_RE.match(what)
+    if c is None or w is None or c["opt"] != "adamw" or w["at"]:
+        return False
+    kind = w["what"]
+    return int(w["n"]) >= 2 and (kind in _TERMS or kind in {f"bn {k}" for k in _STATS})
+
+
+def required_checks(case: str) -> list[str]:
+    """The checks a training case must report for the gate to decide it.
+
+    The well-conditioned AdamW checks of steps ``2..STEPS``: without them the verdict of
+    those steps would rest on advisory checks alone (a report made before they existed is
+    refused, not passed).
+    """
+    c = _CASE_RE.match(case)
+    if c is None or c["opt"] != "adamw":
+        return []
+    kinds = [*_TERMS, *(f"bn {k}" for k in _STATS)]
+    return [f"{k} step {n} {_PAIR} {AT_MS}" for n in range(2, STEPS + 1) for k in kinds]
+
+
+def expected_tolerance(case: str, what: str, family: str) -> Tolerance | None:
+    """The bound a training-case check must be held to, from its names alone.
+
+    The same functions set the bounds when the checks are made, so the release gate can
+    recompute a report's verdict against the current table and derivations.
+
+    Returns:
+        The tolerance, or None when ``case``/``what``/``family`` is not a check this module
+        makes (the gate refuses such a check).
+    """
+    c = _CASE_RE.match(case)
+    w = _WHAT_RE.match(what)
+    if c is None or w is None or c["opt"] not in LR:
+        return None
+    opt, n, kind = c["opt"], int(w["n"]), w["what"]
+    lr = LR[opt]
+    adam = opt == "adamw"
+    if kind in _TERMS:
+        return TOLERANCES["loss_trajectory"] if family == "loss_trajectory" else None
+    if w["at"]:
+        ok = adam and n >= 2 and kind in {f"bn {k}" for k in _STATS} and family == "stats"
+        return TOLERANCES["stats"] if ok else None
+    fam = f"train_{opt}"
+    if kind == "params":
+        if family != fam:
+            return None
+        return adamw_hard_tolerance(lr, n) if adam else TOLERANCES[fam]
+    if adam and kind == f"params beyond {ADAMW_LR_FRACTION:g}*lr*step, fraction":
+        return FRACTION_LIMIT if family == fam else None
+    if adam and kind == "zero-grad params":
+        return zero_grad_tolerance(lr, n) if family == "train_adamw_zero_grad" else None
+    if kind == "bn running_mean" and adam:
+        return running_mean_tolerance(lr, n) if family == "train_adamw_zero_grad" else None
+    if kind in {f"bn {k}" for k in _STATS}:
+        return TOLERANCES[fam] if family == fam else None
+    return None
+
+
 def _fraction_check(
     case: str,
     what: str,
@@ -344,8 +484,7 @@ def _fraction_check(
         outside += int(np.count_nonzero(np.abs(a - r) > bound))
         total += int(r.size)
     frac = outside / max(total, 1)
-    limit = Tolerance(ADAMW_MAX_FRACTION, 0.0, "at most 1% of the elements beyond the bound")
-    check = compare(case, what, frac, 0.0, "train_adamw", limit)
+    check = compare(case, what, frac, 0.0, "train_adamw", FRACTION_LIMIT)
     if not check.passed:
         check.error = f"{outside} of {total} elements ({100 * frac:.2f}%) beyond {tol.why}"
     return check
@@ -375,15 +514,7 @@ def _stats_checks(
         sel = [s for s in names if s.endswith(kind)]
         fam, tol = family, None
         if adam and kind == "running_mean":
-            base = TOLERANCES[family]
-            drift = (1.0 - 0.9**n) * 2.0 * lr * (n - 1)
-            fam = "train_adamw_zero_grad"
-            tol = Tolerance(
-                base.atol + drift,
-                base.rtol,
-                f"{family} plus the running mean's share of the zero-grad bias drift after "
-                f"{n} AdamW steps at lr {lr:g}: (1 - 0.9^n) * 2 * lr * (n - 1) = {drift:.3g}",
-            )
+            fam, tol = "train_adamw_zero_grad", running_mean_tolerance(lr, n)
         out.append(
             _merged_check(
                 case,
@@ -437,15 +568,21 @@ def _train_case(
         assign_neutral(ms_tr.distiller, d_file, network="distiller")
         ms_tr.train_mode()
         th.train_mode()
+        ms_w: dict[str, np.ndarray] | None = None
         for k, (x, m) in enumerate(batches):
+            n = k + 1
+            at_ms = None
+            if optimizer == "adamw" and ms_w is not None:
+                at_ms = _torch_from(th, ms_w, x, m, k)  # before either side steps
             a = ms_tr.step(x, m, k, lr, where=f"{case} step {k} (MindSpore)")
             ref = th.step(x, m, k, lr, where=f"{case} step {k} (PyTorch)")
-            n = k + 1
-            for key in ("loss", "task", "kd"):
+            for key in _TERMS:
                 checks.append(
                     compare(case, f"{key} step {n} {_PAIR}", a[key], ref[key], "loss_trajectory")
                 )
             ms_w, th_w = _ms_state(ms_tr), _torch_state(th)
+            if at_ms is not None:
+                checks += _conditioned_checks(case, n, a, ms_w, *at_ms)
             stats = [k_ for k_ in th_w if k_.endswith(_STATS)]
             params = [k_ for k_ in th_w if not k_.endswith(_STATS)]
             sel = {p: ~zero[p] for p in params} if zero is not None else None
@@ -472,12 +609,7 @@ def _train_case(
                     )
                 )
             if zero is not None:
-                tol = Tolerance(
-                    2.0 * lr * n,
-                    0.0,
-                    f"zero-grad elements after {n} AdamW steps: each framework moves them by "
-                    f"up to lr = {lr:g} a step",
-                )
+                tol = zero_grad_tolerance(lr, n)
                 checks.append(
                     _merged_check(
                         case,
@@ -490,7 +622,70 @@ def _train_case(
                     )
                 )
             checks += _stats_checks(case, n, ms_w, th_w, stats, fam, lr, zero is not None)
+    for c in checks:
+        c.gating = not advisory(c.case, c.what)
     return checks
+
+
+def _torch_from(
+    th: Any, state: Mapping[str, np.ndarray], images: np.ndarray, masks: np.ndarray, step: int
+) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+    """PyTorch's forward of one step from another state (MindSpore's): ``(terms, state)``.
+
+    A copy of the PyTorch student and distiller gets ``state`` (``student/<name>``,
+    ``distiller/<name>``: weights and running statistics) strictly and runs
+    ``losses(images, masks, step)`` in train mode without gradients; returned are the loss
+    terms and the copy's state afterwards (its running statistics updated by that forward).
+    The trainer ``th`` is left untouched.
+    """
+    import torch
+
+    from torch_ref.weights import load_neutral_torch
+
+    twin = copy.copy(th)
+    parts = (("student", th.student), ("distiller", th.distiller))
+    for prefix, net in parts:
+        if net is None:
+            continue
+        clone = copy.deepcopy(net)
+        arrays = {k.split("/", 1)[1]: v for k, v in state.items() if k.startswith(f"{prefix}/")}
+        if arrays:
+            load_neutral_torch(clone, arrays, network=f"{prefix} (MindSpore state)")
+        setattr(twin, prefix, clone)
+    twin.train_mode()
+    with torch.no_grad():
+        loss, terms = twin.losses(images, masks, step)
+    values = {"loss": float(loss)}
+    values.update({k: float(v) for k, v in terms.items()})
+    return values, _torch_state(twin)
+
+
+def _conditioned_checks(
+    case: str,
+    n: int,
+    ms_terms: Mapping[str, float],
+    ms_w: Mapping[str, np.ndarray],
+    ref_terms: Mapping[str, float],
+    ref_w: Mapping[str, np.ndarray],
+) -> list[Check]:
+    """Step ``n`` of MindSpore against PyTorch's forward from MindSpore's previous state."""
+    what = f"step {n} {_PAIR} {AT_MS}"
+    out = [
+        compare(case, f"{key} {what}", ms_terms[key], ref_terms[key], "loss_trajectory")
+        for key in _TERMS
+    ]
+    for kind in _STATS:
+        sel = sorted(s for s in ref_w if s.endswith(kind))
+        out.append(
+            _merged_check(
+                case,
+                f"bn {kind} step {n} {_PAIR} {AT_MS}",
+                {s: ms_w[s] for s in sel if s in ms_w},
+                {s: ref_w[s] for s in sel},
+                "stats",
+            )
+        )
+    return out
 
 
 def train_cases(

@@ -22,7 +22,7 @@ from irkd.reports import write_json_atomic
 from irkd.weights import WeightsError, load_neutral, sha256_file
 from irkd.zoo import MODELS, stage_channels
 
-from .core import Case, Check, Context, build_report, run_cases, select_cases
+from .core import Case, Check, Context, build_report, failed_checks, run_cases, select_cases
 
 __all__ = ["all_cases", "resolve_weights", "run_parity", "train_pair"]
 
@@ -136,11 +136,13 @@ def _progress(total: int) -> Callable[[Case, list[Check]], None]:
 
     def show(case: Case, checks: list[Check]) -> None:
         done[0] += 1
-        bad = [c for c in checks if not c.passed]
-        worst = max((c.ratio for c in checks), default=0.0)
+        bad = failed_checks(checks)
+        worst = max((c.ratio for c in checks if c.gating), default=0.0)
         state = "FAIL" if bad else "ok"
+        adv = sum(1 for c in checks if not c.gating and not c.passed)
+        note = f"; {adv} advisory outside" if adv else ""
         print(
-            f"[{done[0]:>3}/{total}] {state:<4} {case.name}  (err/tol {worst:.3g})",
+            f"[{done[0]:>3}/{total}] {state:<4} {case.name}  (err/tol {worst:.3g}{note})",
             file=sys.stderr,
             flush=True,
         )

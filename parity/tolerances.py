@@ -10,6 +10,21 @@ networks' features and gradients; NaN or Inf in one and not the other fails). Th
 next to each tolerance, the measured largest absolute error, the largest relative error and
 the largest ratio ``|a - r| / (atol + rtol * |r|)`` (a case passes when that ratio is <= 1).
 
+Gating and advisory checks. A report's verdict is decided by the well-conditioned checks only:
+those whose two sides start from identical numbers, or whose bound is derived for the way the
+two sides may legitimately drift apart. Under AdamW, the training steps after the first are
+neither for the loss terms and the BatchNorm statistics: the sign flips AdamW makes of
+gradients float32 cannot resolve (:func:`parity.cases_train.adamw_hard_tolerance`) change the
+next forward's weights, and through them every downstream batch statistic by an amount that
+depends on the trained weights (no bound from this table holds: the project's demo weights
+reached err/tol 1.05 on ``train/adamw/graph`` ``bn running_var step 3``). Those end-to-end
+checks are still computed and reported against the rows below, marked ``gating: false``
+(:func:`parity.cases_train.advisory`); their well-conditioned twins (``... at mindspore
+weights``: PyTorch's forward from MindSpore's state of the step before) gate under the
+one-forward rows ``stats`` and ``loss_trajectory``. The release gate recomputes every verdict
+from the errors in a report against this table and those derivations
+(:mod:`parity.gate`), so editing a report's ``passed`` or tolerances decides nothing.
+
 Everything is float32 in both frameworks; the oracle computes in float64. The figures below
 were set from the errors measured on this project's CPUs (the ``why`` of each row), with
 headroom of about 10x, so that a real bug (a wrong eps, a missing ReLU, a flipped
@@ -128,13 +143,17 @@ TOLERANCES: dict[str, Tolerance] = {
         "parameters with an exactly-zero gradient under AdamW: atol = 2 * lr * step, set by "
         "the case (each framework may move them by up to lr a step, see train_adamw); "
         "measured up to 0.89 of it. Also the running means under AdamW (they absorb those "
-        "biases): train_adamw's atol + (1 - 0.9^n) * 2 * lr * (n - 1), measured <= 0.45 of it",
+        "biases): train_adamw's atol + (1 - 0.9^n) * 2 * lr * (n - 1), measured <= 0.45 of it; "
+        "from step 2 on that end-to-end running-mean check is advisory (module docstring) "
+        "and the running statistics gate on the 'stats' row at MindSpore's weights",
     ),
     "loss_trajectory": Tolerance(
         1e-5,
         1e-4,
         "the training loss (and its task and kd terms) at each of N steps: measured <= 9.5e-7 "
-        "(err/tol 0.003), SGD and AdamW, both MindSpore modes, random and trained weights",
+        "(err/tol 0.003), SGD and AdamW, both MindSpore modes, random and trained weights. "
+        "Under AdamW, steps >= 2 gate on the loss at MindSpore's weights (the end-to-end "
+        "value is advisory: module docstring)",
     ),
 }
 

@@ -23,7 +23,14 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from irkd.weights import ConversionReport, WeightsError, check_strict, load_neutral, save_neutral
+from irkd.weights import (
+    ConversionReport,
+    WeightsError,
+    check_finite,
+    check_strict,
+    load_neutral,
+    save_neutral,
+)
 from irkd.weights import sha256_file as _sha256
 from ms_impl import weights as msw
 from torch_ref import weights as tw
@@ -83,8 +90,8 @@ def convert_files(
         What was written and what was dropped.
 
     Raises:
-        WeightsError: On an unknown suffix, a missing network, an unreadable source, or
-            weights that do not fit the network.
+        WeightsError: On an unknown suffix, a missing network, an unreadable source,
+            weights that do not fit the network, or NaN/Inf values (nothing is written).
     """
     src, dst = Path(src), Path(dst)
     kind_src, kind_dst = file_format(src), file_format(dst)
@@ -119,6 +126,7 @@ def convert_files(
         check_strict(tw.expected_specs(model), arrays, what=what)
     if net is not None:
         check_strict(msw.expected_specs(net), arrays, what=what)
+    check_finite(arrays, what=f"weights file {src}")
 
     if kind_dst == "pt":
         tw.write_pt(arrays, dst, model=model)

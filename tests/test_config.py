@@ -100,9 +100,19 @@ def test_save_roundtrip(tmp_path):
 def test_every_shipped_config_is_valid():
     from pathlib import Path
 
-    files = sorted((Path(__file__).resolve().parents[1] / "configs").rglob("*.yaml"))
+    import yaml
+
+    from irkd.study.plan import validate_study
+    from irkd.study.spec import load_study
+
+    root = Path(__file__).resolve().parents[1]
+    files = sorted((root / "configs").rglob("*.yaml"))
     assert len(files) >= 7
-    for f in files:
+    studies = [f for f in files if "datasets" in (yaml.safe_load(f.read_text()) or {})]
+    assert studies, "configs/study/ should hold the study of record"
+    for f in studies:  # a study file: every run it can have resolves and validates
+        validate_study(load_study(f), root / "runs" / "study")
+    for f in sorted(set(files) - set(studies)):
         cfg = load_config(f)
         if cfg.method.name not in ("none",) and cfg.teacher is not None:
             assert cfg.teacher.name != cfg.model.name, f

@@ -10,12 +10,13 @@ import json
 
 import numpy as np
 import pytest
+from parity_reports import complete_report, write_report
 
 from irkd.cli import main
 from irkd.gate import GateError, check_gate
 from irkd.weights import save_neutral, sha256_file
 from parity.cases_loss import loss_cases
-from parity.core import Case, Check, Context, build_report, compare, run_cases, select_cases
+from parity.core import Case, Context, build_report, compare, run_cases, select_cases
 from parity.suite import resolve_weights, run_parity
 from parity.tolerances import TOLERANCES, Tolerance
 
@@ -203,16 +204,15 @@ def _weights(tmp_path, name="w.safetensors", network="dnanet_xxs", value=0.0):
 
 
 def _report(tmp_path, weights, passed=True, net_case=True):
-    info = resolve_weights([weights])
-    net = next(iter(info))
-    checks: list[Check] = []
-    if net_case:
-        checks.append(compare(f"net/{net}/eval/graph", "logits", 1.0, 1.0, "forward"))
-    checks.append(compare("loss/x/y", "value", 1.0 if passed else 5.0, 1.0, "loss"))
-    report = build_report(checks, {}, ctx=Context(), weights_info=info)
-    path = tmp_path / "report.json"
-    path.write_text(json.dumps(report))
-    return path
+    report = complete_report([weights])
+    net = next(iter(report["weights"]))
+    if not net_case:
+        report["checks"] = [c for c in report["checks"] if not c["case"].startswith("net/")]
+    if not passed:
+        bad = compare("loss/soft_iou/random", "value", 5.0, 1.0, "loss").to_json()
+        report["checks"].append(bad)
+    assert any(c["case"].startswith(f"net/{net}/") for c in report["checks"]) == net_case
+    return write_report(tmp_path / "report.json", report)
 
 
 def test_gate_accepts_the_exact_weights_of_a_passing_report(tmp_path):
@@ -231,7 +231,7 @@ def test_gate_refuses(tmp_path):
     other = _weights(tmp_path, "other.safetensors", value=1.0)  # same network, other bytes
     with pytest.raises(GateError, match="not covered by parity report"):
         check_gate(report, [other])
-    with pytest.raises(GateError, match="ran no network case"):
+    with pytest.raises(GateError, match="incomplete"):
         check_gate(_report(tmp_path, w, net_case=False), [w])
     (tmp_path / "junk.json").write_text("{}")
     with pytest.raises(GateError, match="not an IRKD parity report"):

@@ -8,12 +8,11 @@ import json
 import numpy as np
 import pytest
 import torch
+from parity_reports import complete_report, write_report
 
 from irkd.cli import main
 from irkd.data import synthesize
 from irkd.weights import sha256_file
-from parity.core import Context, build_report, compare
-from parity.suite import resolve_weights
 from torch_ref.models import create_model
 from torch_ref.weights import save_neutral_torch
 
@@ -35,11 +34,7 @@ def _run_weights(path, network, seed, data_root):
 
 
 def _passing_report(tmp_path, files):
-    info = resolve_weights(files)
-    checks = [compare(f"net/{n}/eval/graph", "logits", 0.0, 0.0, "forward") for n in info]
-    path = tmp_path / "parity.json"
-    path.write_text(json.dumps(build_report(checks, {}, ctx=Context(), weights_info=info)))
-    return path
+    return write_report(tmp_path / "parity.json", complete_report(files))
 
 
 @pytest.fixture(scope="module")

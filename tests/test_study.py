@@ -249,6 +249,35 @@ def test_dry_run_statuses_and_only(tmp_path, capsys):
     assert rc == 0 and len(out) == 3 and all("-s1-" in line for line in out[:2])
 
 
+def test_committed_results_count_as_done_and_a_needed_teacher_is_retrained(tmp_path):
+    # A fresh machine: the run folders are gone, the committed results/ are there.
+    path = write_study(tmp_path)
+    study = load_study(path)
+    runner = StudyRunner(study, Options(runs_dir=tmp_path / "W", results_dir=tmp_path / "R"))
+    plan = runner.plan
+    t = plan.teachers["syn"]
+    s0 = plan.cells[("syn", "methods", "student", 0)]
+    d0 = plan.cells[("syn", "methods", "msa_awmse", 0)]
+    for run_id in (t, s0):
+        dest = tmp_path / "R/tiny/runs" / run_id
+        dest.mkdir(parents=True)
+        (dest / "metrics.json").write_text(json.dumps({"best_val": 0.1, "last": {}}))
+    assert runner.status(t).state == "done" and runner.status(s0).state == "done"
+    assert runner.status(d0).state == "pending"
+    # the teacher's weights are gone and a pending distillation needs them: train it again
+    assert runner.needs_weights(t, plan)
+    assert not runner.needs_weights(s0, plan)
+    # once every run that distils from it is done, its weights are no longer needed
+    for run_id in (d0, plan.cells[("syn", "methods", "msa_awmse", 1)]):
+        dest = tmp_path / "R/tiny/runs" / run_id
+        dest.mkdir(parents=True)
+        (dest / "metrics.json").write_text(json.dumps({"best_val": 0.1, "last": {}}))
+    assert not runner.needs_weights(t, plan)
+    # a run folder that exists wins over the committed copy (a rerun in progress)
+    (tmp_path / "W/tiny" / s0).mkdir(parents=True)
+    assert runner.status(s0).state == "pending"
+
+
 # ----------------------------------------------------------------------------- the report
 
 

@@ -24,7 +24,7 @@ from torch import nn
 from irkd.config import MethodConfig
 from irkd.data import IRSTDDataset
 from irkd.engine import predict_split
-from irkd.weights import WeightsError, extra_metadata, load_neutral
+from irkd.weights import WeightsError, extra_metadata, load_neutral, wrong_network
 from torch_ref.models import create_model
 from torch_ref.weights import load_neutral_torch, read_pt
 
@@ -84,21 +84,31 @@ def load_network(
         The network (eval mode, CPU).
 
     Raises:
-        WeightsError: A missing/extra/mis-shaped tensor, or an unreadable file.
+        WeightsError: A missing/extra/mis-shaped tensor, or an unreadable file; a file whose
+            metadata names another network that does not fit says so in one line.
         ValueError: No network name given or stored.
     """
     arrays: Mapping[str, np.ndarray] | None = None
     stored: dict[str, Any] = {}
+    other = None  # the network stored in the file, when it is not ``name``
     if weights is not None:
         arrays, info = read_weights(weights)
-        stored = dict(info.get("kwargs") or {})
         if name is None:
             name = info.get("network")
+        if info.get("network") in (None, name):
+            stored = dict(info.get("kwargs") or {})
+        else:  # its stored kwargs describe that other network
+            other = str(info["network"])
     if name is None:
         raise ValueError(f"no network name given and none stored in {weights}: pass --network")
     net = create_model(name, **{**stored, **kwargs})
     if arrays is not None:
-        load_neutral_torch(net, arrays, network=f"{name} ({Path(weights).name})")
+        try:
+            load_neutral_torch(net, arrays, network=f"{name} ({Path(weights).name})")
+        except WeightsError:
+            if other is None:
+                raise
+            raise wrong_network(weights, other, name) from None
     net.eval()
     return net
 

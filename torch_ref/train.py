@@ -49,7 +49,7 @@ from irkd.engine import (
     noise_for,
     run_training,
 )
-from irkd.weights import save_neutral
+from irkd.weights import WeightsError, save_neutral
 from irkd.zoo import stage_channels
 from torch_ref.losses import task_loss
 from torch_ref.models import create_model
@@ -122,7 +122,10 @@ def load_teacher(cfg: ExperimentConfig) -> nn.Module:
     path = Path(t.checkpoint)
     if not path.is_file():
         raise FileNotFoundError(f"teacher checkpoint {path} not found")
-    teacher = load_network(t.name, path, **t.kwargs)
+    try:
+        teacher = load_network(t.name, path, **t.kwargs)
+    except WeightsError as exc:
+        raise WeightsError(f"teacher.checkpoint: {exc}") from None
     for p in teacher.parameters():
         p.requires_grad_(False)
     teacher.eval()

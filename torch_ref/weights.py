@@ -22,6 +22,7 @@ from irkd.weights import (
     Spec,
     WeightsError,
     atomic_path,
+    check_finite,
     check_strict,
     load_neutral,
     save_neutral,
@@ -253,6 +254,7 @@ def pt_to_neutral(
             arrays,
             what=f"weights file {Path(pt_path).name} does not fit {name or type(model).__name__}",
         )
+    check_finite(arrays, what=f"weights file {pt_path}")
     save_neutral(out_path, arrays, network=name, source=SOURCE)
     return ConversionReport(
         Path(pt_path), Path(out_path), len(arrays), tuple(dropped), sha256_file(out_path), name
@@ -284,6 +286,7 @@ def neutral_to_pt(
             arrays,
             what=f"weights file {Path(neutral_path).name} does not fit {label}",
         )
+    check_finite(arrays, what=f"weights file {neutral_path}")
     write_pt(arrays, out_path, model=model)
     return ConversionReport(
         Path(neutral_path),

@@ -62,6 +62,8 @@ class DatasetReport:
         target_areas: Number of targets per area bin (labels of ``AREA_BINS``).
         n_targets: Targets in all masks.
         n_empty: Images whose mask has no target.
+        split_targets: Targets per split (ids whose mask was read); a split with none is
+            also a warning (training on it, or scoring it, measures nothing).
         seconds: Duration of the check.
 
     """
@@ -82,6 +84,7 @@ class DatasetReport:
     target_areas: dict[str, int] = field(default_factory=lambda: {b[0]: 0 for b in AREA_BINS})
     n_targets: int = 0
     n_empty: int = 0
+    split_targets: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
 
     @property
@@ -139,10 +142,9 @@ def _check_pair(id_: str, image_path: Path | None, mask_path: Path | None) -> _P
     except DatasetError as exc:
         res.errors.append(str(exc))
         return res
-    if raw.dtype == np.uint8 and raw.ndim == 2:
-        counts = np.bincount(raw.ravel(), minlength=256)
-        used = np.flatnonzero(counts)
-        res.nonbinary = not (set(used.tolist()) <= {0, 255} or set(used.tolist()) <= {0, 1})
+    if raw.dtype in (np.uint8, np.uint16) and raw.ndim == 2:
+        used = set(np.unique(raw).tolist())
+        res.nonbinary = not any(used <= {0, top} for top in (1, 255, 65535))
     mask = _binarise_mask(raw)
     if res.shape is not None and mask.shape != res.shape:
         (mh, mw), (ih, iw) = mask.shape, res.shape
@@ -304,13 +306,31 @@ def check_dataset(root: str | Path, *, layout: str = "auto") -> DatasetReport:
             f"{_preview(no_mask, len(no_mask))}"
         )
 
-    _decode_all(images, masks, report)
+    targets = _decode_all(images, masks, report)
+    for split, ids in splits.items():
+        read = [i for i in ids if i in targets]
+        if not read:
+            continue
+        report.split_targets[split] = sum(targets[i] for i in read)
+        if report.split_targets[split] == 0:
+            report.warnings.append(
+                f"split {split!r} has no target at all: none of the {_count(len(read), 'mask')} "
+                "of its ids holds a target pixel (a 16-bit or label mask read as empty? check "
+                "the mask values); training on it learns nothing, scoring it gives IoU nan"
+            )
     report.seconds = time.perf_counter() - start
     return report
 
 
-def _decode_all(images: dict[str, Path], masks: dict[str, Path], report: DatasetReport) -> None:
-    """Decode every file (a few threads: OpenCV releases the GIL) and gather statistics."""
+def _decode_all(
+    images: dict[str, Path], masks: dict[str, Path], report: DatasetReport
+) -> dict[str, int]:
+    """Decode every file (a few threads: OpenCV releases the GIL) and gather statistics.
+
+    Returns:
+        Id -> number of targets, for every id whose mask was read.
+    """
+    targets: dict[str, int] = {}
     ids = sorted(set(images) | set(masks))
     workers = max(1, min(4, os.cpu_count() or 1))
     shapes: list[tuple[int, int]] = []
@@ -329,6 +349,8 @@ def _decode_all(images: dict[str, Path], masks: dict[str, Path], report: Dataset
                 modes[res.mode or "?"] += 1
             if res.nonbinary:
                 nonbinary.append(res.id)
+            if res.areas is not None:
+                targets[res.id] = len(res.areas)
             if res.areas is not None and res.id in images and res.shape is not None:
                 per_image[len(res.areas)] += 1
                 report.n_targets += len(res.areas)
@@ -340,8 +362,9 @@ def _decode_all(images: dict[str, Path], masks: dict[str, Path], report: Dataset
                             break
     if nonbinary:
         report.warnings.append(
-            f"{_count(len(nonbinary), 'mask')} with values other than 0 and 255 (or 0 and 1); "
-            f"pixels > 127 count as target: {_preview(nonbinary, len(nonbinary))}"
+            f"{_count(len(nonbinary), 'mask')} with values other than 0 and 255 (or 0 and 1, "
+            "or 0 and 65535); pixels above half the range their values use (127.5 up to 255, "
+            f"32767.5 up to 65535) count as target: {_preview(nonbinary, len(nonbinary))}"
         )
     report.n_decoded = len(shapes)
     if shapes:
@@ -352,6 +375,7 @@ def _decode_all(images: dict[str, Path], masks: dict[str, Path], report: Dataset
         report.width_range = (min(ws), max(ws))
     report.modes = dict(modes.most_common())
     report.targets_per_image = dict(sorted(per_image.items()))
+    return targets
 
 
 def _bars(rows: list[tuple[str, int]], width: int = 40) -> list[str]:
@@ -390,6 +414,10 @@ def format_report(report: DatasetReport) -> str:
         f"targets: {report.n_targets} in {n_with_mask} images with a readable mask, "
         f"{report.n_empty} images without target"
     )
+    if report.split_targets:
+        lines.append(
+            "targets per split: " + ", ".join(f"{k} {v}" for k, v in report.split_targets.items())
+        )
     if report.targets_per_image:
         top = max(report.targets_per_image)
         rows = [(str(k), report.targets_per_image.get(k, 0)) for k in range(min(top, 9) + 1)]

@@ -15,7 +15,7 @@ import numpy as np
 
 from irkd.data.errors import DatasetError, MaskSizeWarning
 
-__all__ = ["read_gray", "read_mask", "write_png"]
+__all__ = ["read_gray", "read_gray_native", "read_mask", "value_range", "write_png"]
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _PNG_COLOUR_TYPES = {0: "L", 2: "RGB", 3: "P", 4: "LA", 6: "RGBA"}
@@ -88,6 +88,41 @@ def _decode(path: Path, kind: str) -> tuple[np.ndarray, str]:
 
 def _to_gray_u8(array: np.ndarray, path: Path) -> np.ndarray:
     """Convert a decoded array to uint8 grayscale (luma BT.601, alpha ignored)."""
+    array = _to_gray(array, path)
+    if array.dtype == np.uint8:
+        return array
+    if array.dtype == np.uint16:
+        # Round x * 255 / 65535: 0 -> 0, 65535 -> 255.
+        return ((array.astype(np.uint32) + 128) // 257).astype(np.uint8)
+    scale = 255.0 if float(np.nanmax(array)) <= 1.0 else 1.0
+    return np.clip(np.nan_to_num(array) * scale + 0.5, 0, 255).astype(np.uint8)
+
+
+def value_range(top: float) -> float:
+    """The value range a map's largest value ``top`` belongs to: 1, 255 or 65535.
+
+    Masks and prediction maps are read by the range their values use, not by their pixel
+    type: a 16-bit PNG may hold 0/65535, 0/255 (an 8-bit mask saved as 16 bits) or 0/1 (a
+    label image); an 8-bit one 0/255 or 0/1. Values above 65535 (float files) give ``top``.
+    """
+    for limit in (1.0, 255.0, 65535.0):
+        if top <= limit:
+            return limit
+    return float(top)
+
+
+def _binarise_mask(array: np.ndarray) -> np.ndarray:
+    """Binarise a decoded mask to uint8 {0, 1}; see :func:`read_mask` for the rule."""
+    if array.ndim == 3:
+        colour = array[:, :, :3] if array.shape[2] >= 3 else array
+        array = colour.max(axis=2)
+    top = float(array.max()) if array.size else 0.0
+    threshold = value_range(top) / 2.0
+    return (array > threshold).astype(np.uint8)
+
+
+def _to_gray(array: np.ndarray, path: Path) -> np.ndarray:
+    """Grayscale at the file's own depth (uint8, uint16 or float; luma BT.601, alpha ignored)."""
     if array.ndim == 3:
         if array.shape[2] == 1:
             array = array[:, :, 0]
@@ -98,32 +133,11 @@ def _to_gray_u8(array: np.ndarray, path: Path) -> np.ndarray:
             raise DatasetError(
                 f"image file {path} has {array.shape[2]} channels; expected 1, 3 or 4"
             )
-    if array.dtype == np.uint8:
-        return np.ascontiguousarray(array)
-    if array.dtype == np.uint16:
-        # Round x * 255 / 65535: 0 -> 0, 65535 -> 255.
-        return ((array.astype(np.uint32) + 128) // 257).astype(np.uint8)
-    if np.issubdtype(array.dtype, np.floating):
-        scale = 255.0 if float(np.nanmax(array)) <= 1.0 else 1.0
-        return np.clip(np.nan_to_num(array) * scale + 0.5, 0, 255).astype(np.uint8)
-    raise DatasetError(
-        f"image file {path} has pixel type {array.dtype}; expected 8-bit, 16-bit or float"
-    )
-
-
-def _binarise_mask(array: np.ndarray) -> np.ndarray:
-    """Binarise a decoded mask to uint8 {0, 1}; see :func:`read_mask` for the rule."""
-    if array.ndim == 3:
-        colour = array[:, :, :3] if array.shape[2] >= 3 else array
-        array = colour.max(axis=2)
-    top = float(array.max()) if array.size else 0.0
-    if top <= 1.0:
-        threshold = 0.5
-    elif np.issubdtype(array.dtype, np.integer):
-        threshold = np.iinfo(array.dtype).max / 2.0
-    else:
-        threshold = 127.5
-    return (array > threshold).astype(np.uint8)
+    if array.dtype not in (np.uint8, np.uint16) and not np.issubdtype(array.dtype, np.floating):
+        raise DatasetError(
+            f"image file {path} has pixel type {array.dtype}; expected 8-bit, 16-bit or float"
+        )
+    return np.ascontiguousarray(array)
 
 
 def _resize_nearest(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -154,13 +168,29 @@ def read_gray(path: str | Path) -> np.ndarray:
     return _to_gray_u8(array, path)
 
 
+def read_gray_native(path: str | Path, kind: str = "image") -> np.ndarray:
+    """Read an image file as grayscale at its own depth (uint8, uint16 or float32/64).
+
+    Like :func:`read_gray` without the conversion to 8 bits, for maps whose values must be
+    read by their range (:func:`value_range`), such as saved predictions.
+
+    Raises:
+        DatasetError: The file is missing, unreadable or not a decodable image.
+    """
+    path = Path(path)
+    array, _ = _decode(path, kind)
+    return _to_gray(array, path)
+
+
 def read_mask(path: str | Path, shape: tuple[int, int] | None = None) -> np.ndarray:
     """Read a target mask as uint8 {0, 1}.
 
-    A pixel is target where its value is above half the type's range (> 127 for 8-bit,
-    > 32767 for 16-bit), so anti-aliased or JPEG-damaged edges do not grow the targets. A
-    mask whose maximum is 1 is a label image (0 background, 1 target) and is read as such.
-    Colour masks use the brightest colour channel; alpha is ignored.
+    A pixel is target where its value is above half the range the mask's values use
+    (:func:`value_range` of its largest value): > 0.5 for a 0/1 label image, > 127.5 for
+    values up to 255, > 32767.5 for values up to 65535; so anti-aliased or JPEG-damaged
+    edges do not grow the targets, and the range is the values', not the pixel type's: a
+    16-bit PNG holding 0/255 (or 0/1, or 0/65535) reads the same as the 8-bit one. Colour
+    masks use the brightest colour channel; alpha is ignored.
 
     Args:
         path: Mask file.

@@ -10,9 +10,38 @@ from tqdm import tqdm
 
 from irkd.data.dataset import IRSTDDataset
 from irkd.data.errors import DatasetError
-from irkd.data.io import read_gray
+from irkd.data.io import read_gray, read_mask
 
-__all__ = ["compute_mean_std"]
+__all__ = ["compute_mean_std", "require_targets"]
+
+
+def require_targets(dataset: IRSTDDataset, ids: Sequence[str] | None = None) -> str:
+    """Fail unless at least one mask of the split holds a target pixel.
+
+    Reads masks in order and stops at the first target (normally the first mask), so it is
+    cheap on a good split. ``irkd data check`` reports the same condition as a warning;
+    training and evaluation should call this at start: a split without targets trains
+    nothing and scores IoU nan (a 16-bit or label mask once read as empty did exactly that).
+
+    Args:
+        dataset: The split.
+        ids: Restrict to these ids (e.g. the training ids without the validation part).
+
+    Returns:
+        The first id with a target.
+
+    Raises:
+        DatasetError: Naming the split, its folder and how many masks were read.
+    """
+    ids = dataset.ids if ids is None else list(ids)
+    for id_ in ids:
+        if read_mask(dataset.mask_path(id_)).any():
+            return id_
+    raise DatasetError(
+        f"split {dataset.split!r} of {dataset.root} has no target at all: none of its "
+        f"{len(ids)} masks holds a target pixel (check the mask files: `irkd data check "
+        f"{dataset.root}`)"
+    )
 
 
 def compute_mean_std(

@@ -1,14 +1,17 @@
-"""Score saved prediction maps (one 8-bit PNG per image) against a dataset split."""
+"""Score saved prediction maps (one PNG per image, 8- or 16-bit) against a dataset split."""
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from irkd.data import IRSTDDataset
-from irkd.data.io import read_gray
+import numpy as np
+
+from irkd.data import DatasetError, IRSTDDataset
+from irkd.data.io import read_gray_native, value_range
 from irkd.metrics.irstd import IRSTDMetrics
 
 __all__ = ["PredictionError", "score_predictions"]
@@ -32,17 +35,23 @@ def score_predictions(
 ) -> dict[str, Any]:
     """Score ``<pred_dir>/<id>.png`` for every id of a dataset split.
 
-    Each prediction file is read as 8-bit grayscale (colour files are converted, 16-bit ones
-    scaled to 8 bits) and ``value / 255`` is its probability, so with the default threshold
-    (``prob > 0.5``) values >= 128 are targets, and 0/255 binary masks work as they are. It
-    must have the size of its image (the GT mask is resized to the image when its file
-    differs, as the dataset reader does). All files are checked to exist before any is read.
+    Each prediction file is read as grayscale at its own depth (colour files are converted)
+    and ``value / range`` is its probability, where ``range`` is the value range the folder's
+    files use, per pixel type (:func:`irkd.data.io.value_range` of their largest value): 255
+    for 8-bit maps (1 when every 8-bit file holds only 0 and 1: label images), and for 16-bit
+    maps 65535, 255 or 1 likewise. So 0/255 and 0/1 binary maps work whether saved as 8 or 16
+    bits, and with the default threshold (``prob > 0.5``) 8-bit values >= 128 are targets. The
+    range is decided over the whole folder, not per file: an image without any detection
+    (every value 0 or 1 in a soft map) keeps the folder's range. The ranges used are
+    returned as ``pred_range``. Each file must have the size of its image (the GT mask is
+    resized to the image when its file differs, as the dataset reader does). All files are
+    checked to exist before any is read.
 
     Args:
         pred_dir: Folder of prediction maps named by image id.
         data_root: Dataset folder (see ``irkd.data.IRSTDDataset``).
         split: Split name, e.g. "test".
-        threshold: Operating threshold on the probability.
+        threshold: Operating threshold on the probability, in (0, 1).
         layout: Dataset layout: "auto", "irkd" or "basicirstd".
         max_dist: Centroid matching radius in pixels.
         roc_thresholds: ROC thresholds (default ``DEFAULT_ROC_THRESHOLDS``).
@@ -53,11 +62,19 @@ def score_predictions(
         scored).
 
     Raises:
-        PredictionError: The folder is missing, files are missing (the count and the first
-            few are named), or a file's size differs from its mask's.
+        PredictionError: The threshold is not in (0, 1), the folder is missing, files are
+            missing (the count and the first few are named), a file cannot be decoded, or a
+            file's size differs from its mask's.
         irkd.data.DatasetError: The dataset split cannot be read.
 
     """
+    if isinstance(threshold, bool) or not (
+        isinstance(threshold, int | float) and math.isfinite(threshold) and 0 < threshold < 1
+    ):
+        raise PredictionError(
+            f"threshold {threshold!r} is not a probability in (0, 1) (--threshold): a "
+            "prediction pixel is a target where value / range > threshold"
+        )
     pred_root = Path(pred_dir)
     if not pred_root.is_dir():
         raise PredictionError(f"prediction folder {pred_root} not found or not a folder")
@@ -71,10 +88,19 @@ def score_predictions(
             f"{len(missing)} of the {len(paths)} prediction files of split {split!r} of "
             f"{ds.root} are missing from {pred_root}: {shown}{more}"
         )
+    tops: dict[str, float] = {}
+    for path in paths:  # first pass: the value range of the folder, per pixel type
+        pred = _read_prediction(path)
+        top = float(np.nanmax(pred)) if pred.size else 0.0
+        tops[pred.dtype.name] = max(tops.get(pred.dtype.name, 0.0), top)
+    ranges = {
+        dtype: 255.0 if dtype == "uint8" and top > 1.0 else value_range(top)
+        for dtype, top in tops.items()
+    }
     metrics = IRSTDMetrics(threshold=threshold, max_dist=max_dist, roc_thresholds=roc_thresholds)
     for index, path in enumerate(paths):
         sample = ds[index]
-        pred = read_gray(path)
+        pred = _read_prediction(path)
         if pred.shape != sample.mask.shape:
             h, w = pred.shape
             mh, mw = sample.mask.shape
@@ -84,7 +110,7 @@ def score_predictions(
                 "prediction at the image's native size"
             )
         # float64: value / 255 lands on the same double as the threshold t where v = 255 t
-        metrics.update(pred / 255.0, sample.mask)
+        metrics.update(pred / ranges[pred.dtype.name], sample.mask)
     result: dict[str, Any] = dict(metrics.compute())
     result.update(
         roc=metrics.roc(),
@@ -93,5 +119,24 @@ def score_predictions(
         layout=ds.layout,
         pred_dir=str(pred_root),
         count=len(paths),
+        pred_range=ranges,
     )
     return result
+
+
+def _read_prediction(path: Path) -> np.ndarray:
+    """A prediction map at its own depth; PredictionError naming the file when unreadable."""
+    try:
+        return read_gray_native(path, "prediction")
+    except DatasetError as exc:
+        raise PredictionError(
+            f"prediction file {path} cannot be read: {_reason(exc)}; re-save it (a PNG of the "
+            "image's size, 8- or 16-bit grayscale)"
+        ) from None
+
+
+def _reason(exc: DatasetError) -> str:
+    text = str(exc)
+    if "cannot be decoded" in text:
+        return "empty, corrupt or not an image"
+    return text.split(": ", 1)[-1] if ": " in text else text

@@ -134,14 +134,36 @@ class StudyRunner:
         return not self.opts.only or any(fnmatch.fnmatch(run_id, p) for p in self.opts.only)
 
     def status(self, run_id: str) -> RunStatus:
-        """Status of a run folder."""
-        return run_status(self.run_dir(run_id))
+        """Status of a run: its folder, else its committed copy under ``results/``.
+
+        A run whose folder is gone (a fresh machine) but whose results are committed is done:
+        the report needs only the committed files. A teacher in that state is trained again
+        when a pending run needs its weights (:meth:`needs_weights`).
+        """
+        st = run_status(self.run_dir(run_id))
+        if st.state == "pending" and not self.run_dir(run_id).is_dir():
+            committed = run_status(self.results / "runs" / run_id)
+            if committed.state == "done":
+                return committed
+        return st
+
+    def needs_weights(self, run_id: str, plan: Plan) -> bool:
+        """Whether ``run_id`` is a teacher whose weights are missing but still needed."""
+        if (self.run_dir(run_id) / "best.safetensors").is_file():
+            return False
+        return any(
+            r.teacher == run_id
+            and self.selected(r.id)
+            and run_status(self.run_dir(r.id)).state != "done"
+            and self.status(r.id).state != "done"
+            for r in plan.runs.values()
+        )
 
     def _teacher_ready(self, run: RunSpec) -> bool:
         if run.teacher is None:
             return True
         t = self.run_dir(run.teacher)
-        return self.status(run.teacher).state == "done" and (t / "best.safetensors").is_file()
+        return run_status(t).state == "done" and (t / "best.safetensors").is_file()
 
     def _counts(self, plan: Plan) -> tuple[int, int]:
         ids = [r for r in plan.runs if self.selected(r)]
@@ -216,7 +238,7 @@ class StudyRunner:
 
         plan = plan or self.replan()
         for run in plan.runs.values():
-            if self.status(run.id).state == "done":
+            if run_status(self.run_dir(run.id)).state == "done":
                 self.sync(run)
         table = aggregate(self.study, plan, self.results, str(self.results))
         write_json_atomic(self.results / "table.json", table)
@@ -332,7 +354,7 @@ class StudyRunner:
             self._prepare_data()
             plan = self.replan()
             for run in plan.runs.values():  # finished before an interruption: copy them now
-                if self.status(run.id).state == "done":
+                if run_status(self.run_dir(run.id)).state == "done":
                     self.sync(run)
             failed: dict[str, str] = {}
             running: dict[str, Child] = {}
@@ -351,7 +373,10 @@ class StudyRunner:
                             run_id in running
                             or run_id in failed
                             or not self.selected(run_id)
-                            or self.status(run_id).state == "done"
+                            or (
+                                self.status(run_id).state == "done"
+                                and not self.needs_weights(run_id, plan)
+                            )
                             or not self._teacher_ready(run)
                         ):
                             continue
