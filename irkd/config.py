@@ -36,6 +36,7 @@ __all__ = [
     "config_to_dict",
     "config_from_dict",
     "save_config",
+    "yaml_load",
 ]
 
 
@@ -440,8 +441,16 @@ _Loader.add_implicit_resolver(
 )
 
 
-def _yaml_load(text: str) -> Any:
+def yaml_load(text: str) -> Any:
+    """Parse YAML like the configs are parsed: safe, YAML 1.2 floats, duplicate keys refused.
+
+    Raises:
+        yaml.YAMLError: Invalid YAML, or a mapping with a repeated key.
+    """
     return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+
+
+_yaml_load = yaml_load
 
 
 def config_from_dict(data: dict[str, Any] | None) -> ExperimentConfig:

@@ -92,11 +92,12 @@ from irkd.data import (
     compute_mean_std,
     crop_back,
     iter_eval,
+    require_targets,
     split_train_val,
     synthesize,
 )
 from irkd.metrics import IRSTDMetrics
-from irkd.reports import to_jsonable, write_json_atomic
+from irkd.reports import file_mode, to_jsonable, write_json_atomic
 from irkd.zoo import get_spec
 
 __all__ = [
@@ -247,6 +248,9 @@ def prepare_data(
     root = resolve_dataset(d, cache_dir, size=synth_size)
     train_set = IRSTDDataset(root, "train", layout=d.layout)
     train_ids, val_ids = split_train_val(train_set.ids, d.val_fraction, cfg.seed)
+    # Fail before training, not with IoU nan after it: both splits must hold a target.
+    require_targets(train_set, train_ids)
+    require_targets(IRSTDDataset(root, "test", layout=d.layout))
     mean, std = compute_mean_std(train_set, train_ids)
     if not std > 0:
         raise ValueError(f"training images of {root} have zero variance (std 0)")
@@ -449,13 +453,14 @@ def atomic_dir(
     Yields:
         The temporary folder to write into.
     """
-    final = Path(final)
+    final = Path(final).resolve()  # "." has no usable name or sibling: resolve it first
     final.parent.mkdir(parents=True, exist_ok=True)
     _recover_dir(final)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
     try:
         yield tmp
         _fsync_tree(tmp)
+        os.chmod(tmp, file_mode(0o777))  # mkdtemp makes 0700: follow the umask instead
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -78,3 +78,24 @@ def test_torch_and_mindspore_checkpoints_follow_the_umask(tmp_path):
     for name in ("w.pt", "w.ckpt", "optimizer.ckpt"):
         assert _mode(tmp_path / name) == 0o644, name
     assert torch.load(tmp_path / "w.pt", weights_only=True)
+
+
+@pytest.mark.parametrize("mask", [0o022, 0o077])
+def test_atomic_folders_follow_the_umask_and_dot_leaves_nothing_behind(tmp_path, mask):
+    from irkd.engine import atomic_dir
+
+    with umask(mask):
+        with atomic_dir(tmp_path / "ckpt") as tmp:
+            (tmp / "a.txt").write_text("x")
+    assert _mode(tmp_path / "ckpt") == 0o777 & ~mask
+    # "." resolves to a real folder name: the temporary sibling goes next to it, then away
+    cwd = os.getcwd()
+    (tmp_path / "here").mkdir()
+    os.chdir(tmp_path / "here")
+    try:
+        with atomic_dir(".") as tmp:
+            (tmp / "b.txt").write_text("y")
+    finally:
+        os.chdir(cwd)
+    assert (tmp_path / "here" / "b.txt").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt", "here"]

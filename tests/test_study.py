@@ -63,7 +63,8 @@ def write_study(folder: Path, study: dict | None = None, student: dict | None = 
     (folder / "student.yaml").write_text(yaml.safe_dump(student or STUDENT))
     (folder / "teacher.yaml").write_text(yaml.safe_dump(TEACHER))
     path = folder / "study.yaml"
-    path.write_text(yaml.safe_dump(study or STUDY, sort_keys=False))
+    text = study if isinstance(study, str) else yaml.safe_dump(study or STUDY, sort_keys=False)
+    path.write_text(text)
     return path
 
 
@@ -95,6 +96,7 @@ def _with(**changes):
 TEACHERLESS = "method.name=msa_awmse distills but the dataset has no teacher config"
 BAD = [
     (_with(bogus=1), "bogus: unknown key"),
+    ("name: a\nname: b\n", "duplicate key 'name' at line 2"),
     (_with(seeds=["a"]), "seeds[0]: expected an integer"),
     (_with(seeds=[0, 0]), "seeds: repeated seed"),
     (_with(name="a b"), "name: 'a b' is not a valid name"),

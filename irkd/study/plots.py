@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from irkd.reports import file_mode
 from irkd.study.results import read_json
 
 __all__ = ["write_plots"]
@@ -36,6 +37,7 @@ def _save(fig: Any, path: Path) -> Path:
     try:
         fig.tight_layout()
         fig.savefig(tmp, format="png", metadata={"Software": None})
+        os.chmod(tmp, file_mode())  # mkstemp makes 0600: follow the umask
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

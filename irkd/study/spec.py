@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from irkd.config import ConfigError, ExperimentConfig, apply_overrides, load_config
+from irkd.config import ConfigError, ExperimentConfig, apply_overrides, load_config, yaml_load
 
 __all__ = ["DatasetSpec", "Row", "Study", "StudyError", "Tuning", "grid_value", "load_study"]
 
@@ -273,7 +273,7 @@ def _read_yaml(path: Path) -> dict:
     if not path.is_file():
         raise StudyError(f"{path}: study file not found")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
         one_line = " ".join(str(exc).split())
         raise StudyError(f"{path}: not valid YAML: {one_line}") from None
