@@ -24,7 +24,7 @@ import sys
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+import torch.nn.functional as F  # noqa: N812
 
 from irkd.data import IRSTDDataset, iter_eval
 from torch_ref.distill.method import mask_to, msa_map
@@ -35,30 +35,16 @@ def _variants() -> dict[str, dict]:
     return {
         "default (3,5,7 mean)": {},
         "max fusion": {"fusion": "max"},
-        "border 0": {"border": True},
+        "border 3": {"border": 3},
         "scales 5,9,13": {"scales": (5, 9, 13)},
-        "scales 5,9,13 + border": {"scales": (5, 9, 13), "border": True},
+        "scales 5,9,13 + border 6": {"scales": (5, 9, 13), "border": 6},
     }
 
 
 def _map(t: torch.Tensor, v: dict) -> torch.Tensor:
-    scales = v.get("scales", (3, 5, 7))
-    m = msa_map(t, scales, v.get("fusion", "mean"), 0.5, 1e-6)
-    if v.get("border"):
-        # recompute with the contrast zeroed within max(k)//2 of the border
-        b = max(scales) // 2
-        a = t.abs().mean(dim=1, keepdim=True)
-        c = sum(
-            F.relu(a - F.avg_pool2d(a, k, 1, k // 2, count_include_pad=False)) for k in scales
-        ) / len(scales)
-        keep = torch.zeros_like(c)
-        keep[..., b : c.shape[2] - b, b : c.shape[3] - b] = 1.0
-        c = c * keep
-        c = c / (c.amax(dim=(2, 3), keepdim=True) + 1e-6)
-        z = (c / 0.5).flatten(2)
-        e = torch.exp(z - z.amax(dim=2, keepdim=True))
-        m = (e * z.shape[2] / e.sum(dim=2, keepdim=True)).reshape(c.shape)
-    return m
+    return msa_map(
+        t, v.get("scales", (3, 5, 7)), v.get("fusion", "mean"), 0.5, 1e-6, v.get("border", 0)
+    )
 
 
 def _inputs(ds: IRSTDDataset, mean: float, std: float, crop: int):  # noqa: ANN202
@@ -129,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
                     share_px = float(r.mean())
                     st["enrich"].append(share_m / share_px)
                 else:
-                    b = max(v.get("scales", (3, 5, 7))) // 2
+                    b = max(max(v.get("scales", (3, 5, 7))) // 2, 1)
                     hh, ww = m.shape
                     on = yy < b or xx < b or yy >= hh - b or xx >= ww - b
                     st["border"].append(float(on))
