@@ -206,6 +206,14 @@ class TrainConfig:
         log_every: Log a JSONL record every N steps.
         graph_mode: MindSpore: compile the train step in GRAPH_MODE.
         keep_last: Number of last checkpoints to keep.
+        ema: Decay of an exponential moving average of the student's weights (0 disables
+            it; typical 0.99 to 0.9999). After optimizer step ``t`` (1-based),
+            ``d = min(ema, (1 + t) / (10 + t))`` (:func:`irkd.engine.ema_decay`) and every
+            floating-point tensor of the student (parameters and BatchNorm statistics)
+            becomes ``e = d * e + (1 - d) * w``, starting from the initial weights. When
+            on, validation, ``best.safetensors``, ``last.safetensors`` and so the test
+            report use the averaged weights; training itself keeps the raw ones. Only the
+            student is averaged (not connectors, not the teacher).
     """
 
     deep_supervision: bool = False
@@ -213,6 +221,7 @@ class TrainConfig:
     log_every: int = 10
     graph_mode: bool = True
     keep_last: int = 2
+    ema: float = 0.0
 
 
 @dataclass
@@ -378,6 +387,11 @@ def _check_values(obj: Any, prefix: str) -> None:
         need(obj.eval_every >= 1, "eval_every", "must be >= 1")
         need(obj.log_every >= 1, "log_every", "must be >= 1")
         need(obj.keep_last >= 1, "keep_last", "must be >= 1")
+        need(
+            math.isfinite(obj.ema) and 0.0 <= obj.ema < 1.0,
+            "ema",
+            f"must be in [0, 1) (the EMA decay; 0 disables the average), got {obj.ema!r}",
+        )
     elif isinstance(obj, ExperimentConfig):
         need(
             0 <= obj.seed <= MAX_SEED,

@@ -18,6 +18,7 @@ Per step::
         # value_and_grad(forward, None, optimizer.parameters, has_aux=True), then
         # optimizer(grads) only when the loss is finite
     check_finite(...)                            # NonFiniteLossError: the update was skipped
+    ema.update(step + 1)                         # train.ema > 0 only; numpy, outside the graph
 
 The compiled step (findings, MindSpore 2.10 on CPU)
 ===================================================
@@ -92,9 +93,14 @@ otherwise the student (``cfg.model``) is trained alone with the task loss.
 Run folder (:class:`irkd.engine.RunDir`): ``config.yaml``, ``log.jsonl``,
 ``checkpoints/last/{student,distiller}.safetensors + optimizer.ckpt + state.json``
 (``optimizer.ckpt``: :func:`ms_impl.optim.save_optimizer`; the distiller file only when it
-has parameters), ``best.safetensors`` (student only, neutral names; metadata holds the
-network kwargs and the normalisation), ``best.json``, ``metrics.json`` (test split, best
-weights).
+has parameters; ``+ ema.safetensors`` with ``train.ema`` > 0), ``best.safetensors`` (student
+only, neutral names; metadata holds the network kwargs and the normalisation), ``best.json``,
+``metrics.json`` (test split, best weights).
+
+Weight average (``train.ema`` > 0, :class:`ms_impl.ema.ModelEma`): updated after every
+optimizer step outside the compiled step (numpy; the module docstring of ``ms_impl.ema`` says
+why), it is what validation, ``best.safetensors`` and ``last.safetensors`` (so the test report)
+see; training keeps the raw student.
 
 Resume (``resume=True``) restarts at the epoch after the last checkpoint; on CPU it reproduces
 an uninterrupted run bit for bit (measured by ``tests/test_train_ms.py``: weights, optimizer
@@ -114,16 +120,19 @@ from mindspore import nn, ops
 
 from irkd.config import ConfigError, ExperimentConfig
 from irkd.engine import (
+    EMA_FILE,
     Forward,
     NonFiniteLossError,
     check_finite,
     is_distill,
     net_kwargs,
     noise_for,
+    require_ema_file,
     run_training,
 )
 from irkd.weights import WeightsError, check_strict, load_neutral
 from irkd.zoo import stage_channels
+from ms_impl.ema import ModelEma
 from ms_impl.losses import task_loss
 from ms_impl.models import create_model
 from ms_impl.optim import build_optimizer, load_optimizer, save_optimizer, set_lr
@@ -203,6 +212,8 @@ class MSTrainer:
         teacher: The frozen teacher (None when training alone).
         distiller: ``build_distiller(...)`` (None when training alone).
         optimizer: Over the student's and the distiller's trainable parameters only.
+        ema: The student's weight average (:class:`ms_impl.ema.ModelEma`), None when
+            ``train.ema`` is 0.
         student_kwargs: The student's constructor kwargs (stored with the best weights).
         t_stages: The teacher feature stages the step takes (the distiller's, ``logits``
             aside).
@@ -238,6 +249,7 @@ class MSTrainer:
         if self.distiller is not None:
             params += list(self.distiller.trainable_params())
         self.optimizer = build_optimizer(params, cfg.optim)
+        self.ema = ModelEma(self.student, cfg.train.ema) if cfg.train.ema > 0 else None
         self.t_stages: tuple[str, ...] = ()
         if self.distiller is not None:
             self.t_stages = tuple(s for s in self.distiller.stages if s != "logits")
@@ -354,6 +366,8 @@ class MSTrainer:
         values = {"loss": float(out[0].asnumpy())}
         values.update({k: float(v.asnumpy()) for k, v in self._terms(out).items()})
         check_finite(values, where=where, last_good=last_good)
+        if self.ema is not None:
+            self.ema.update(step + 1)
         return values
 
     # ------------------------------------------------------------------ evaluation
@@ -366,7 +380,11 @@ class MSTrainer:
         return EVAL_MODE if self.graph else "pynative"
 
     def eval_forward(self) -> Forward:
-        """The current student, put in eval mode, as a numpy logits callable."""
+        """The current student (its weight average with ``train.ema``), in eval mode, as a
+        numpy logits callable.
+        """  # noqa: D205
+        if self.ema is not None:
+            return forward_fn(self.ema.module, mode=self.eval_mode)
         self.student.set_train(False)
         return forward_fn(self.student, mode=self.eval_mode)
 
@@ -384,13 +402,20 @@ class MSTrainer:
     # ------------------------------------------------------------------ checkpoints
 
     def save_best(self, path: Path, metadata: dict[str, Any]) -> None:
-        """Save the student alone (neutral names) with ``metadata``."""
+        """Save the student alone (its weight average with ``train.ema``), neutral names,
+        with ``metadata``.
+        """  # noqa: D205
+        if self.ema is not None:
+            self.ema.save(path, name=self.cfg.model.name, metadata=metadata)
+            return
         save_neutral_ms(self.student, path, name=self.cfg.model.name, metadata=metadata)
 
     def write(self, folder: Path) -> None:
-        """Store student, distiller and optimizer state in ``folder``."""
+        """Store student, distiller, optimizer state and weight average in ``folder``."""
         folder = Path(folder)
         save_neutral_ms(self.student, folder / "student.safetensors", name=self.cfg.model.name)
+        if self.ema is not None:
+            self.ema.save(folder / EMA_FILE, name=self.cfg.model.name)
         if self.distiller is not None and self.distiller.parameters_dict():
             save_neutral_ms(self.distiller, folder / "distiller.safetensors")
         save_optimizer(self.optimizer, folder / "optimizer.ckpt")
@@ -402,9 +427,16 @@ class MSTrainer:
         step compiled before (GRAPH_MODE, ``ms.jit``, or in PyNative the optimizer's own
         ``@jit`` update) keeps updating the parameters' old storage, so training would
         silently stop changing the weights the forward pass reads.
+
+        Raises:
+            ConfigError: ``train.ema`` > 0 and the checkpoint holds no weight average.
         """
         folder = Path(folder)
+        if self.ema is not None:
+            require_ema_file(folder, self.cfg.train.ema)
         assign_neutral(self.student, folder / "student.safetensors", network=self.cfg.model.name)
+        if self.ema is not None:
+            self.ema.load(folder / EMA_FILE, network=self.cfg.model.name)
         if self.distiller is not None and self.distiller.parameters_dict():
             assign_neutral(self.distiller, folder / "distiller.safetensors", network="distiller")
         load_optimizer(self.optimizer, folder / "optimizer.ckpt")

@@ -6,6 +6,9 @@ Case names:
 - ``method/l2/<input>``: L2 normalisation, values and input gradient;
 - ``method/awmse/<input>``: AWMSE on given features, map and region, values and gradient;
 - ``method/connector/<train|eval>``: the connector's output and running statistics;
+- ``method/ema/update``: the weight average of ``train.ema`` (``torch_ref.ema.ModelEma``,
+  ``ms_impl.ema.ModelEma``) over every tensor of a :data:`EMA_NETWORK` state, weights and
+  BatchNorm statistics, after :data:`EMA_STEPS`;
 - ``loss/soft_iou/<input>``: SoftIoU with deep supervision (``task_loss``);
 - ``loss/<method>/<input>[/graph]``: each distillation stage loss (``msa_awmse`` and the seven
   baselines) on the inputs below, in PyNative, and in GRAPH_MODE for a subset.
@@ -35,13 +38,26 @@ from irkd.weights import load_neutral, save_neutral
 from . import oracle
 from .core import Case, Check, Context, compare
 
-__all__ = ["INPUTS", "LOSS_METHODS", "loss_cases", "make_inputs"]
+__all__ = [
+    "EMA_DECAY",
+    "EMA_NETWORK",
+    "EMA_STEPS",
+    "INPUTS",
+    "LOSS_METHODS",
+    "loss_cases",
+    "make_inputs",
+]
 
 LOSS_METHODS: tuple[str, ...] = ("msa_awmse", *BASELINE_DEFAULTS)
 INPUTS: tuple[str, ...] = ("random", "hot-pixel", "zeros", "tiny", "nomask", "odd")
 _QUICK_INPUTS = INPUTS  # the whole loss table takes ~15 s: all of it is in the quick set
 _GRAPH_INPUTS = ("random",)  # GRAPH_MODE compiles per shape: one input per method
 _PAIR_MS_T = "mindspore~pytorch"
+#: Network whose state ``method/ema/update`` averages (the cpu-bench student).
+EMA_NETWORK = "dnanet_xxs"
+#: Decay of ``method/ema/update``, and its steps: two of the warm-up, then one at the cap.
+EMA_DECAY = 0.99
+EMA_STEPS: tuple[int, ...] = (1, 2, 1000)
 
 # Input gradients that float32 cannot define: FGD's attention term is sum |A(s) - A(t)| with
 # A = H*W*softmax(...) ~ 1 + O(1e-7) on "tiny" features, so the sign of each difference (and the
@@ -318,6 +334,61 @@ def _connector_case(train: bool) -> Callable[[Context], list[Check]]:
     return run
 
 
+def _ema_case(ctx: Context) -> list[Check]:
+    """``method/ema/update``: the weight average after each of :data:`EMA_STEPS`.
+
+    Both twins start from the same randomised state, then each step writes the same new
+    weights (the previous ones plus seeded Gaussian noise, running variances kept positive)
+    into both networks and updates both averages; the oracle applies the formula in float64.
+    One check per step and pair, over every tensor of the state concatenated.
+    """
+    torch = _torch()
+    _ms()
+    from ms_impl.ema import ModelEma as MSModelEma
+    from ms_impl.models import create_model as ms_create_model
+    from ms_impl.weights import load_neutral_ms
+    from torch_ref.ema import ModelEma
+    from torch_ref.models import create_model
+    from torch_ref.weights import load_neutral_torch
+
+    name = "method/ema/update"
+    torch.manual_seed(ctx.seed)
+    tn = create_model(EMA_NETWORK)
+    arrays = _weights_file(ctx, f"ema-{EMA_NETWORK}", lambda: _randomized_torch_state(tn, ctx.seed))
+    mn = ms_create_model(EMA_NETWORK)
+    load_neutral_torch(tn, arrays)
+    load_neutral_ms(mn, arrays)
+    te, me = ModelEma(tn, EMA_DECAY), MSModelEma(mn, EMA_DECAY)
+    names = sorted(arrays)
+
+    def flat(state: dict[str, np.ndarray]) -> np.ndarray:
+        return np.concatenate([np.ravel(state[k]) for k in names])
+
+    rng = _seed(ctx, "ema")
+    weights, ref = dict(arrays), dict(arrays)
+    checks: list[Check] = []
+    for step in EMA_STEPS:
+        weights = {
+            k: (weights[k] + 0.05 * rng.standard_normal(weights[k].shape)).astype(np.float32)
+            for k in names  # a fixed order of draws
+        }
+        weights = {k: np.abs(v) if k.endswith("running_var") else v for k, v in weights.items()}
+        load_neutral_torch(tn, weights)
+        load_neutral_ms(mn, weights)
+        te.update(step)
+        me.update(step)
+        ref = oracle.ema_update(ref, weights, EMA_DECAY, step)
+        checks += _three_way(
+            name,
+            f"average step {step}",
+            flat(me.to_neutral()),
+            flat(te.to_neutral()),
+            flat(ref),
+            "ema",
+        )
+    return checks
+
+
 def _soft_iou_case(kind: str) -> Callable[[Context], list[Check]]:
     def run(ctx: Context) -> list[Check]:
         from ms_impl.losses import task_loss as ms_task
@@ -427,6 +498,7 @@ def loss_cases() -> list[Case]:
                 True,
             )
         )
+    cases.append(Case("method/ema/update", "ema", _ema_case, True))
     for method in LOSS_METHODS:
         for kind in INPUTS:
             quick = kind in _QUICK_INPUTS

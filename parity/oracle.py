@@ -56,6 +56,7 @@ __all__ = [
     "conv2d",
     "cwd_loss",
     "directional_derivative",
+    "ema_update",
     "fgd_loss",
     "fitnet_loss",
     "l2_normalize",
@@ -440,6 +441,29 @@ def connector(
         stats = {"bn.running_mean": run_mean.copy(), "bn.running_var": run_var.copy()}
     out = (y - mean.reshape(1, -1, 1, 1)) / np.sqrt(var.reshape(1, -1, 1, 1) + eps)
     return out * gamma + shift, stats
+
+
+def ema_update(
+    ema: Mapping[str, Array], weights: Mapping[str, Array], decay: float, step: int
+) -> dict[str, Array]:
+    """One update of the weight average (``train.ema``) after optimizer step ``step``.
+
+    ``d = min(decay, (1 + step) / (10 + step))`` and ``e = d e + (1 - d) w`` for every tensor
+    (float64 here; the twins compute in float32).
+
+    Args:
+        ema: The average before the update, by name.
+        weights: The network's weights after optimizer step ``step`` (1-based), same names.
+        decay: The configured decay, in [0, 1).
+        step: Optimizer steps done (>= 1).
+
+    Returns:
+        The average after the update.
+    """
+    if set(ema) != set(weights):
+        raise ValueError("ema_update: the average and the weights have different names")
+    d = min(float(decay), (1.0 + step) / (10.0 + step))
+    return {k: d * _f64(ema[k]) + (1.0 - d) * _f64(weights[k]) for k in ema}
 
 
 def soft_iou_loss(logits: Array, mask: Array, smooth: float = 1.0) -> float:

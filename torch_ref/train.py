@@ -16,14 +16,20 @@ Per step::
     loss = task + kd
     check_finite(...)                                             # before any update
     optimizer.zero_grad(); loss.backward(); optimizer.step()
+    ema.update(step + 1)                                          # train.ema > 0 only
 
 Which mode: distillation when ``cfg.teacher`` is set and ``cfg.method.name != "none"``;
 otherwise the student (``cfg.model``) is trained alone with the task loss.
 
 Run folder (:class:`irkd.engine.RunDir`): ``config.yaml``, ``log.jsonl``,
-``checkpoints/last/{student,distiller}.safetensors + optimizer.pt + state.json``,
-``best.safetensors`` (student only, neutral names; metadata holds the network kwargs and the
-normalisation), ``best.json``, ``metrics.json`` (test split, best weights).
+``checkpoints/last/{student,distiller}.safetensors + optimizer.pt + state.json``
+(``+ ema.safetensors`` with ``train.ema`` > 0), ``best.safetensors`` (student only, neutral
+names; metadata holds the network kwargs and the normalisation), ``best.json``,
+``metrics.json`` (test split, best weights).
+
+Weight average (``train.ema`` > 0, :class:`torch_ref.ema.ModelEma`): updated after every
+optimizer step, it is what validation, ``best.safetensors`` and ``last.safetensors`` (so the
+test report) see; training keeps the raw student.
 
 Resume (``resume=True``) restarts at the epoch after the last checkpoint and reproduces an
 uninterrupted run bit for bit (same machine, same thread count).
@@ -41,16 +47,19 @@ from torch import nn
 
 from irkd.config import ConfigError, ExperimentConfig
 from irkd.engine import (
+    EMA_FILE,
     Forward,
     NonFiniteLossError,
     check_finite,
     is_distill,
     net_kwargs,
     noise_for,
+    require_ema_file,
     run_training,
 )
 from irkd.weights import WeightsError, save_neutral
 from irkd.zoo import stage_channels
+from torch_ref.ema import ModelEma
 from torch_ref.losses import task_loss
 from torch_ref.models import create_model
 from torch_ref.predict import forward_fn, load_network, read_weights
@@ -145,6 +154,8 @@ class TorchTrainer:
         teacher: The frozen teacher (None when training alone).
         distiller: ``build_distiller(...)`` (None when training alone).
         optimizer: Over the student's and the distiller's parameters only.
+        ema: The student's weight average (:class:`torch_ref.ema.ModelEma`), None when
+            ``train.ema`` is 0.
         student_kwargs: The student's constructor kwargs (stored with the best weights).
     """
 
@@ -180,6 +191,7 @@ class TorchTrainer:
         if self.distiller is not None:
             params += list(self.distiller.parameters())
         self.optimizer = build_optimizer(params, cfg.optim)
+        self.ema = ModelEma(self.student, cfg.train.ema) if cfg.train.ema > 0 else None
 
     def train_mode(self) -> None:
         """Student and distiller in train mode; the teacher stays in eval mode."""
@@ -241,12 +253,18 @@ class TorchTrainer:
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
+        if self.ema is not None:
+            self.ema.update(step + 1)
         return values
 
     # ------------------------------------------------------------------ evaluation
 
     def eval_forward(self) -> Forward:
-        """The current student, put in eval mode, as a numpy logits callable."""
+        """The current student (its weight average with ``train.ema``), in eval mode, as a
+        numpy logits callable.
+        """  # noqa: D205
+        if self.ema is not None:
+            return forward_fn(self.ema.module.eval())
         self.student.eval()
         return forward_fn(self.student)
 
@@ -261,12 +279,21 @@ class TorchTrainer:
     # ------------------------------------------------------------------ checkpoints
 
     def save_best(self, path: Path, metadata: dict[str, Any]) -> None:
-        """Save the student alone (neutral names) with ``metadata``."""
+        """Save the student alone (its weight average with ``train.ema``), neutral names,
+        with ``metadata``.
+        """  # noqa: D205
+        if self.ema is not None:
+            self.ema.save(path, name=self.cfg.model.name, metadata=metadata)
+            return
         save_neutral_torch(self.student, path, name=self.cfg.model.name, metadata=metadata)
 
     def write(self, folder: Path) -> None:
-        """Store student, distiller and optimizer (plus torch RNG) in ``folder``."""
+        """Store student, distiller, optimizer (plus torch RNG) and weight average in
+        ``folder``.
+        """  # noqa: D205
         save_neutral_torch(self.student, folder / "student.safetensors", name=self.cfg.model.name)
+        if self.ema is not None:
+            self.ema.save(folder / EMA_FILE, name=self.cfg.model.name)
         if self.distiller is not None:
             arrays = state_to_neutral(self.distiller)
             if arrays:
@@ -277,8 +304,16 @@ class TorchTrainer:
         )
 
     def read(self, folder: Path) -> None:
-        """Restore what :meth:`write` stored (strictly)."""
+        """Restore what :meth:`write` stored (strictly).
+
+        Raises:
+            ConfigError: ``train.ema`` > 0 and the checkpoint holds no weight average.
+        """
+        if self.ema is not None:
+            require_ema_file(folder, self.cfg.train.ema)
         load_neutral_torch(self.student, folder / "student.safetensors")
+        if self.ema is not None:
+            self.ema.load(folder / EMA_FILE, network=self.cfg.model.name)
         if self.distiller is not None and state_to_neutral(self.distiller):
             load_neutral_torch(self.distiller, folder / "distiller.safetensors")
         blob = torch.load(folder / "optimizer.pt", map_location="cpu", weights_only=True)
