@@ -733,6 +733,31 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _train_description(mode: str) -> str:
+    """The ``--help`` text of ``irkd train`` / ``irkd distill``: what a user can choose."""
+    from irkd.methods import BASELINE_DEFAULTS
+    from irkd.zoo import MODELS, STAGES
+
+    nets = ", ".join(sorted(MODELS))
+    what = "Train one network alone" if mode == "train" else "Distill a student from a teacher"
+    lines = [
+        f"{what} from an experiment YAML; any field can be overridden as key.sub=value.",
+        "",
+        "backends (backend=...): pytorch, mindspore",
+        f"networks (model.name=..., teacher.name=...): {nets}",
+    ]
+    if mode == "distill":
+        methods = ", ".join(["msa_awmse", *sorted(BASELINE_DEFAULTS)])
+        lines += [
+            f"methods (method.name=...): {methods}",
+            f"stages (method.stages=[...]): {', '.join(STAGES)} (logit_kd: the output logits)",
+            "needs teacher.checkpoint=<the teacher run's best.safetensors>",
+        ]
+    else:
+        lines.append("method.name=none (a distillation config trains its student alone)")
+    return "\n".join(lines)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Build a fresh parser (callers may build as many as they like)."""
     parser = argparse.ArgumentParser(
@@ -809,7 +834,12 @@ def build_parser() -> argparse.ArgumentParser:
         ("train", "train one network alone (teacher, or a student baseline)"),
         ("distill", "distill a student from a frozen teacher"),
     ):
-        p = sub.add_parser(mode, help=text)
+        p = sub.add_parser(
+            mode,
+            help=text,
+            description=_train_description(mode),
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
         p.add_argument("config", nargs="?", help="experiment YAML (optional with --resume --out)")
         p.add_argument("overrides", nargs="*", help="key.sub=value overrides (YAML values)")
         p.add_argument("--out", help="run folder (default runs/<name>-<timestamp>)")

@@ -46,3 +46,20 @@ def test_check_real_datasets_via_cli(nudt_root, nuaa_root, capsys):
     out = capsys.readouterr().out
     assert "images 427" in out and "train 213, test 214" in out
     assert "warnings (1)" in out and "Misc_111" in out
+
+
+def test_train_and_distill_help_name_the_choices(capsys):
+    import pytest
+
+    from irkd.cli import main as cli_main
+    from irkd.methods import BASELINE_DEFAULTS
+    from irkd.zoo import MODELS
+
+    for mode in ("train", "distill"):
+        with pytest.raises(SystemExit):
+            cli_main([mode, "--help"])
+        text = capsys.readouterr().out
+        assert "pytorch" in text and "mindspore" in text
+        assert all(name in text for name in MODELS), text
+        if mode == "distill":
+            assert all(m in text for m in ("msa_awmse", *BASELINE_DEFAULTS)), text
