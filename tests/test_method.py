@@ -361,24 +361,8 @@ def _loss_inputs(seed=10, shape=(3, 8, 16, 16), with_target=(0, 2)):
 
 
 def _np_loss(t, s, mask, p) -> float:
-    """The whole stage loss from the numpy formulas (``p``: full parameter dict)."""
-    if p["normalize"] == "l2":
-        th, sh = np_l2(t, p["l2_eps"]), np_l2(s, p["l2_eps"])
-    else:
-        th, sh = t.astype(np.float64), s.astype(np.float64)
-    if not p["awmse"]:
-        return float(((th - sh) ** 2).sum(1).mean())
-    if p["msa"]:
-        m = np_msa(t, p["scales"], p["fusion"], p["tau"], p["msa_eps"])
-        if p["on_student"]:
-            m = np.maximum(m, np_msa(s, p["scales"], p["fusion"], p["tau"], p["msa_eps"]))
-    else:
-        m = np.ones((t.shape[0], 1, *t.shape[2:]))
-    if p["use_mask"] and mask is not None:
-        region = np_mask_to(mask, *t.shape[2:])
-    else:
-        region = (m > 1.0).astype(np.float64)
-    return np_awmse(th, sh, m, region, p["alpha"], p["beta"], p["awmse_eps"])
+    """The whole stage loss from the numpy oracle (``p``: full parameter dict)."""
+    return o.msa_awmse_loss(t, s, mask, p)
 
 
 VARIANTS = {
@@ -387,6 +371,7 @@ VARIANTS = {
     "fusion": {"fusion": "max"},
     "tau": {"tau": 0.2},
     "msa_eps": {"msa_eps": 0.5},
+    "msa_border": {"msa_border": 2},
     "on_student": {"on_student": True},
     "msa_off": {"msa": False},
     "normalize_none": {"normalize": "none"},
