@@ -2,8 +2,8 @@
 
 Importing it sets ``OMP_WAIT_POLICY=PASSIVE`` (unless the user set it) before any framework
 loads: with the default active wait, OpenMP threads spin on each other and a 2-thread PyTorch
-step becomes several times slower as soon as another process is busy on the machine
-(docs/speed.md has the measurements). Set ``OMP_WAIT_POLICY=ACTIVE`` to opt out.
+step becomes several times slower as soon as another process is busy on the machine (see the
+README). Set ``OMP_WAIT_POLICY=ACTIVE`` to opt out.
 """
 
 import os
