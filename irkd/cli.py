@@ -191,6 +191,10 @@ def _cmd_models(args: argparse.Namespace) -> int:
 
 
 def _cmd_weights_convert(args: argparse.Namespace) -> int:
+    import os
+
+    if os.path.lexists(args.dst) and not args.overwrite:
+        raise FileExistsError(f"{args.dst} exists: pass --overwrite to replace it")
     from parity.weights import convert
 
     kwargs = {"deep_supervision": True} if args.deep_supervision else None
@@ -828,6 +832,7 @@ def build_parser() -> argparse.ArgumentParser:
     conv.add_argument(
         "--deep-supervision", action="store_true", help="the network has deep-supervision heads"
     )
+    conv.add_argument("--overwrite", action="store_true", help="replace an existing DST")
     conv.set_defaults(func=_cmd_weights_convert)
 
     for mode, text in (

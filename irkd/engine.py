@@ -28,6 +28,10 @@ API (in the order a training loop uses it):
   and draws nothing.
 - :func:`check_finite` ``(value, *, where, last_good=None)``: raise
   :class:`NonFiniteLossError` when a loss (or any term of a mapping of terms) is NaN/Inf.
+- :func:`check_run_folder` ``(path, cfg, *, resume)`` and :func:`run_folder_lock`
+  ``(path)``: a run folder is new, empty or marked (:data:`RUN_MARKER`, a study's
+  :data:`STUDY_MARKER`, or an older run with a checkpoint) and of the same config, else
+  :class:`RunFolderError`; one process writes it at a time (``flock``).
 - :class:`RunDir` ``(path)``: the run folder layout (``config.yaml``, ``log.jsonl``,
   ``checkpoints/last/``, ``best.safetensors``, ``best.json``, ``last.safetensors``,
   ``metrics.json``), with
@@ -101,8 +105,13 @@ from irkd.data import (
     synthesize,
 )
 from irkd.metrics import IRSTDMetrics
-from irkd.reports import file_mode, to_jsonable, write_json_atomic
+from irkd.reports import file_mode, to_jsonable, write_json_atomic, write_text_atomic
 from irkd.zoo import get_spec
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not POSIX: no run folder lock
+    fcntl = None  # type: ignore[assignment]
 
 __all__ = [
     "is_distill",
@@ -112,13 +121,18 @@ __all__ = [
     "Evaluator",
     "Forward",
     "JsonlLogger",
+    "LOCK_NAME",
     "NonFiniteLossError",
     "PreparedData",
+    "RUN_MARKER",
     "RunDir",
+    "RunFolderError",
+    "STUDY_MARKER",
     "TrainState",
     "Trainer",
     "atomic_dir",
     "check_finite",
+    "check_run_folder",
     "ema_decay",
     "evaluate_predictions",
     "final_report",
@@ -131,6 +145,7 @@ __all__ = [
     "require_ema_file",
     "resolve_dataset",
     "run_epoch",
+    "run_folder_lock",
     "run_training",
     "sigmoid",
     "steps_per_epoch",
@@ -573,10 +588,11 @@ class TrainState:
 class JsonlLogger:
     """Append JSON records, one a line, flushed after each (``tail -f`` friendly)."""
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, fresh: bool = False) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._fh = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
+        mode = "w" if fresh else "a"  # fresh: start the file anew
+        self._fh = open(self.path, mode, encoding="utf-8")  # noqa: SIM115 - closed in close()
 
     def log(self, record: Mapping[str, Any]) -> None:
         """Write one record (numpy values and NaN are converted, see ``to_jsonable``).
@@ -680,9 +696,9 @@ class RunDir:
         save_config(cfg, self.config)
         return self.config
 
-    def logger(self) -> JsonlLogger:
-        """An appending :class:`JsonlLogger` on ``log.jsonl``."""
-        return JsonlLogger(self.log)
+    def logger(self, *, fresh: bool = False) -> JsonlLogger:
+        """An appending :class:`JsonlLogger` on ``log.jsonl`` (``fresh``: started anew)."""
+        return JsonlLogger(self.log, fresh=fresh)
 
     def records(self) -> list[dict[str, Any]]:
         """The records of ``log.jsonl``."""
@@ -926,19 +942,162 @@ def net_kwargs(net: NetConfig, *, deep_supervision: bool = False) -> dict[str, A
     return kwargs
 
 
+def _config_diff(saved_path: Path, cfg: ExperimentConfig) -> list[str]:
+    """Top-level keys in which ``cfg`` differs from the config saved at ``saved_path``."""
+    saved = config_to_dict(load_config(saved_path))
+    now = config_to_dict(cfg)
+    saved["schedule"]["epochs"] = now["schedule"]["epochs"]
+    return [k for k in now if now[k] != saved.get(k)]
+
+
 def check_same_config(run: RunDir, cfg: ExperimentConfig) -> None:
     """On resume, refuse a config that differs from the run's (``schedule.epochs`` aside)."""
     if not run.config.is_file():
         return
-    saved = config_to_dict(load_config(run.config))
-    now = config_to_dict(cfg)
-    saved["schedule"]["epochs"] = now["schedule"]["epochs"]
-    diff = [k for k in now if now[k] != saved.get(k)]
+    diff = _config_diff(run.config, cfg)
     if diff:
         raise ConfigError(
             f"--resume: the config differs from {run.config} in {', '.join(diff)}; "
             "resume with the run's own config.yaml"
         )
+
+
+# ----------------------------------------------------------------------------- run folders
+
+RUN_MARKER = ".irkd-run"
+"""Marker file of a run folder, written when :func:`run_training` takes the folder."""
+
+STUDY_MARKER = ".irkd-study-run"
+"""Marker of a run folder made by ``irkd study`` (``irkd.study.results.MARKER``)."""
+
+LOCK_NAME = ".irkd-lock"
+"""Lock file of a run folder (``flock``, held by the one process writing the folder)."""
+
+
+class RunFolderError(ValueError):
+    """A folder ``irkd train/distill`` may not write: someone else's, another run's, or busy."""
+
+
+def _has_checkpoint(path: Path) -> bool:
+    """``checkpoints/last/state.json``, or a swap of it interrupted between its renames."""
+    last = path / "checkpoints" / "last"
+    if (last / RunDir.STATE).is_file():
+        return True
+    olds = path / "checkpoints"
+    return olds.is_dir() and any(
+        (p / RunDir.STATE).is_file() for p in olds.glob(f".{last.name}.old-*")
+    )
+
+
+def check_run_folder(
+    path: str | os.PathLike[str], cfg: ExperimentConfig, *, resume: bool = False
+) -> None:
+    """Refuse a run folder that :func:`run_training` may not write (it only reads here).
+
+    Accepted: a folder that does not exist yet, an empty one (a stale :data:`LOCK_NAME`
+    aside), or a run folder: one with :data:`RUN_MARKER` or :data:`STUDY_MARKER`, or one
+    made by an older version (``config.yaml`` and ``checkpoints/last/state.json``, no
+    marker), whose ``config.yaml`` (if any) is that of ``cfg`` (``schedule.epochs`` aside).
+    A fresh run also needs a folder without a checkpoint, a resume one with a checkpoint.
+
+    Raises:
+        RunFolderError: A file, someone else's folder, or the run folder of another config.
+        FileExistsError: A fresh run in a folder that holds a checkpoint (pass ``resume``).
+        FileNotFoundError: ``resume`` without a checkpoint.
+        ConfigError: ``resume`` with a config that differs from the run's.
+    """
+    path = Path(path)
+    no_ckpt = f"no checkpoint to resume from in {path} (expected checkpoints/last/state.json)"
+    if not path.exists():
+        if resume:
+            raise FileNotFoundError(no_ckpt)
+        return
+    if not path.is_dir():
+        raise RunFolderError(f"--out {path} is not a folder: give a new or empty folder")
+    names = sorted(p.name for p in path.iterdir() if p.name != LOCK_NAME)
+    if not names:
+        if resume:
+            raise FileNotFoundError(no_ckpt)
+        return
+    has_ckpt = _has_checkpoint(path)
+    marked = (path / RUN_MARKER).is_file() or (path / STUDY_MARKER).is_file()
+    legacy = has_ckpt and (path / "config.yaml").is_file()
+    if not (marked or legacy):
+        shown = ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
+        raise RunFolderError(
+            f"--out {path} is not an irkd run folder (it holds {shown} and no {RUN_MARKER}): "
+            "irkd writes only into a new or empty folder or a run folder of its own, so it "
+            "leaves this one untouched; choose another --out"
+        )
+    config = path / "config.yaml"
+    if config.is_file():
+        try:
+            diff = _config_diff(config, cfg)
+        except (ConfigError, OSError, ValueError) as exc:
+            raise RunFolderError(f"--out {path}: its config.yaml cannot be read ({exc})") from None
+        if diff and resume:
+            raise ConfigError(
+                f"--resume: the config differs from {config} in {', '.join(diff)}; "
+                "resume with the run's own config.yaml"
+            )
+        if diff:
+            raise RunFolderError(
+                f"--out {path} is the run folder of another config (it differs in "
+                f"{', '.join(diff)}): choose another --out"
+            )
+    if resume and not has_ckpt:
+        raise FileNotFoundError(no_ckpt)
+    if not resume and has_ckpt:
+        raise FileExistsError(
+            f"{path} already holds a run (checkpoints/last): pass --resume to continue "
+            "it, or choose another --out folder"
+        )
+
+
+def _gone(pid: str) -> str:
+    """A note when the lock holder's ``pid`` has exited (a child it forked holds the lock)."""
+    try:
+        os.kill(int(pid), 0)
+    except (ValueError, OverflowError, PermissionError):
+        return ""
+    except OSError:
+        return ", which has exited: a process it started still holds the lock"
+    return ""
+
+
+@contextlib.contextmanager
+def run_folder_lock(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Hold the run folder's exclusive lock (``flock`` on :data:`LOCK_NAME`) while inside.
+
+    The holder's pid is written into the lock file. The operating system releases the lock
+    when the holder exits or dies, so a lock is never stale. Not POSIX: no lock.
+
+    Raises:
+        RunFolderError: Another process holds the lock (names the folder and its pid).
+    """
+    path = Path(path)
+    lock = path / LOCK_NAME
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        if fcntl is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+                raise RunFolderError(
+                    f"{path} is in use by another irkd process (pid {holder}"
+                    f"{_gone(holder)}): one process writes a run folder at a time; wait for "
+                    "it or stop it"
+                ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
+        try:
+            yield lock
+        finally:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, 0)  # still held: no reader sees a pid that has gone
+    finally:
+        os.close(fd)  # releases the lock
 
 
 # ----------------------------------------------------------------------------- the run
@@ -1032,7 +1191,9 @@ def run_training(
 
     Args:
         cfg: The experiment.
-        run_dir: The run folder (created).
+        run_dir: The run folder: new, empty or a run folder of this config
+            (:func:`check_run_folder`); created, marked (:data:`RUN_MARKER`) and locked for
+            the whole run (:func:`run_folder_lock`).
         make_trainer: Builds the trainer; called once, after the run folder checks and
             the data preparation.
         resume: Continue from ``run_dir/checkpoints/last`` (the next epoch after it).
@@ -1051,22 +1212,54 @@ def run_training(
     Raises:
         NonFiniteLossError: A NaN/Inf loss; the last good checkpoint is left untouched.
         FileExistsError: ``run_dir`` already holds a run and ``resume`` is False.
+        RunFolderError: ``run_dir`` is not a folder irkd may write (someone else's, another
+            config's) or another process is writing it; nothing was written.
         ConfigError: On resume, a different config or number of steps per epoch.
     """
     t_start = time.perf_counter()
+    path = Path(run_dir)
+    # Nothing is written or deleted before the folder is known to be ours (or new).
+    check_run_folder(path, cfg, resume=resume)
+    path.mkdir(parents=True, exist_ok=True)
+    with run_folder_lock(path):
+        check_run_folder(path, cfg, resume=resume)  # again: another process may have run
+        if not (path / RUN_MARKER).is_file():
+            write_text_atomic(
+                path / RUN_MARKER,
+                "irkd run folder: irkd train/distill write here, one process at a time\n",
+            )
+        return _run_locked(
+            cfg,
+            RunDir(path),
+            make_trainer,
+            resume=resume,
+            cache_dir=cache_dir,
+            synth_size=synth_size,
+            stop_after=stop_after,
+            quiet=quiet,
+            t_start=t_start,
+        )
+
+
+def _run_locked(
+    cfg: ExperimentConfig,
+    rd: RunDir,
+    make_trainer: Callable[[], Trainer],
+    *,
+    resume: bool,
+    cache_dir: str | os.PathLike[str],
+    synth_size: int,
+    stop_after: int | None,
+    quiet: bool,
+    t_start: float,
+) -> dict[str, Any]:
+    """:func:`run_training` in a checked run folder whose lock it holds."""
     say = (lambda *a: None) if quiet else (lambda *a: print(*a, file=sys.stderr))
-    rd = RunDir(run_dir)
     wall_before = 0.0
     if resume:
-        check_same_config(rd, cfg)
         state = rd.read_state()
         wall_before = rd.read_wall_s()
     else:
-        if rd.has_checkpoint():
-            raise FileExistsError(
-                f"{rd.path} already holds a run (checkpoints/last): pass --resume to continue "
-                "it, or choose another --out folder"
-            )
         state = TrainState()
     rd.save_config(cfg)
 
@@ -1091,7 +1284,9 @@ def run_training(
     epochs = cfg.schedule.epochs
     last_epoch = epochs if stop_after is None else min(epochs, stop_after)
     mode = f"distill {cfg.method.name}" if is_distill(cfg) else "train"
-    with rd.logger() as log:
+    # A fresh run starts log.jsonl anew (records of a run that died before its first
+    # checkpoint are not this run's); a resumed one keeps the records up to its checkpoint.
+    with rd.logger(fresh=not resume) as log:
         if state.epoch == 0:
             log.log(
                 {
