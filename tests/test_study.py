@@ -525,3 +525,14 @@ def test_study_killed_with_sigkill_then_restarted_gives_the_same_table(finished,
                 for key in ("wall_s", "weights", "dataset"):
                     d.pop(key, None)
             assert x == y, (run_id, name)
+
+
+def test_committed_run_results_are_not_ignored_by_git():
+    # results/<study>/runs/<id>/ must reach git (an unanchored `runs/` pattern once hid it)
+    root = Path(__file__).resolve().parents[1]
+    probe = "results/some-study/runs/some-run/metrics.json"
+    out = subprocess.run(
+        ["git", "check-ignore", "-q", probe], cwd=root, capture_output=True, check=False
+    )
+    assert out.returncode == 1, f"{probe} is ignored by .gitignore"
+    assert subprocess.run(["git", "check-ignore", "-q", "runs/x"], cwd=root).returncode == 0
