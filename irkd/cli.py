@@ -523,10 +523,20 @@ def _run_training(args: argparse.Namespace, mode: str) -> int:
             f"{config}: this config distills ({cfg.method.name} from {cfg.teacher.name}): "
             "run irkd distill, or set method.name=none to train the network alone"
         )
+    from irkd.dist import launcher_env
+
+    launch = launcher_env(cfg.backend)  # torchrun / msrun: data parallel (irkd.dist)
+    if launch.size > 1 and not args.out:
+        raise ValueError(
+            f"a data-parallel run ({launch.size} processes) needs --out RUN_DIR: every "
+            "process must name the same run folder"
+        )
     stamp = time.strftime("%Y%m%d-%H%M%S")
     out = Path(args.out) if args.out else Path("runs") / f"{cfg.name}-{stamp}"
     run = _backend_run(cfg.backend)
-    print(f"irkd {mode}: {cfg.name} on {cfg.backend} -> {out}")
+    if launch.rank == 0:
+        ranks = f" ({launch.size} processes, {launch.launcher})" if launch.size > 1 else ""
+        print(f"irkd {mode}: {cfg.name} on {cfg.backend}{ranks} -> {out}")
     result = run(cfg, out, resume=args.resume, cache_dir=args.cache)
     metrics = result.get("metrics")
     if metrics:

@@ -214,6 +214,11 @@ class TrainConfig:
             on, validation, ``best.safetensors``, ``last.safetensors`` and so the test
             report use the averaged weights; training itself keeps the raw ones. Only the
             student is averaged (not connectors, not the teacher).
+        freeze_bn: Train with every BatchNorm layer of the student and the distiller in
+            eval mode: normalised by its running statistics, which stay as loaded (its
+            scale and shift still train). Such a step does not depend on how the batch is
+            split, so a data-parallel run equals one process exactly (``irkd.dist``); for
+            fine-tuning from a checkpoint with very small per-device batches.
     """
 
     deep_supervision: bool = False
@@ -222,6 +227,7 @@ class TrainConfig:
     graph_mode: bool = True
     keep_last: int = 2
     ema: float = 0.0
+    freeze_bn: bool = False
 
 
 @dataclass

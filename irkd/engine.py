@@ -104,6 +104,7 @@ from irkd.data import (
     split_train_val,
     synthesize,
 )
+from irkd.dist import ShardedBatches, World
 from irkd.metrics import IRSTDMetrics
 from irkd.reports import file_mode, to_jsonable, write_json_atomic, write_text_atomic
 from irkd.zoo import get_spec
@@ -654,6 +655,13 @@ def read_jsonl(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     return out
 
 
+class _NullLog:
+    """The logger of a data-parallel rank > 0: records go nowhere (rank 0 writes the log)."""
+
+    def log(self, record: Mapping[str, Any]) -> None:
+        """Drop ``record``."""
+
+
 class RunDir:
     """The layout of a run folder (created on construction).
 
@@ -1182,6 +1190,7 @@ def run_training(
     synth_size: int = 256,
     stop_after: int | None = None,
     quiet: bool = False,
+    world: World | None = None,
 ) -> dict[str, Any]:
     """Train (or distill) with a backend's trainer and report on the test split.
 
@@ -1202,6 +1211,11 @@ def run_training(
         stop_after: Stop once this many epochs are complete, without the final report.
             None: run to ``schedule.epochs``.
         quiet: Print nothing.
+        world: The processes of a data-parallel run (:class:`irkd.dist.World`; None: one
+            process). Rank 0 does all of the above; every other rank waits at
+            ``world.barrier()`` until rank 0 has checked the run folder and prepared the data,
+            then trains on its shard of each batch (:class:`irkd.dist.ShardedBatches`) and
+            writes nothing.
 
     Returns:
         ``{"run_dir", "state", "best_epoch", "best_val", "metrics", "last", "wall_s"}``
@@ -1218,6 +1232,20 @@ def run_training(
     """
     t_start = time.perf_counter()
     path = Path(run_dir)
+    if world is not None and not world.is_main:
+        world.barrier()  # rank 0 has checked the run folder and prepared the data
+        return _run_locked(
+            cfg,
+            RunDir(path),
+            make_trainer,
+            resume=resume,
+            cache_dir=cache_dir,
+            synth_size=synth_size,
+            stop_after=stop_after,
+            quiet=True,
+            t_start=t_start,
+            world=world,
+        )
     # Nothing is written or deleted before the folder is known to be ours (or new).
     check_run_folder(path, cfg, resume=resume)
     path.mkdir(parents=True, exist_ok=True)
@@ -1238,6 +1266,7 @@ def run_training(
             stop_after=stop_after,
             quiet=quiet,
             t_start=t_start,
+            world=world,
         )
 
 
@@ -1252,8 +1281,11 @@ def _run_locked(
     stop_after: int | None,
     quiet: bool,
     t_start: float,
+    world: World | None = None,
 ) -> dict[str, Any]:
-    """:func:`run_training` in a checked run folder whose lock it holds."""
+    """:func:`run_training` in a checked run folder whose lock it holds (rank 0), or as a
+    data-parallel rank > 0 (``world``), which reads the run folder and writes nothing.
+    """  # noqa: D205
     say = (lambda *a: None) if quiet else (lambda *a: print(*a, file=sys.stderr))
     wall_before = 0.0
     if resume:
@@ -1261,9 +1293,15 @@ def _run_locked(
         wall_before = rd.read_wall_s()
     else:
         state = TrainState()
-    rd.save_config(cfg)
+    main = world is None or world.is_main
+    if main:
+        rd.save_config(cfg)
 
     data = prepare_data(cfg, cache_dir, synth_size=synth_size)
+    if world is not None and world.parallel:
+        if main:
+            world.barrier()  # the other ranks read the run folder and the data from here on
+        data.batches = ShardedBatches(data.batches, world.rank, world.size)  # type: ignore[assignment]
     spe = steps_per_epoch(data.batches, cfg.schedule)
     trainer = make_trainer()
     if resume:
@@ -1274,7 +1312,8 @@ def _run_locked(
                 "written (the data or batch size changed)"
             )
         trainer.read(rd.last)
-        rd.trim_log(state.epoch)
+        if main:
+            rd.trim_log(state.epoch)
         say(f"resuming {rd.path} after epoch {state.epoch} (step {state.step})")
 
     def wall() -> float:
@@ -1286,7 +1325,8 @@ def _run_locked(
     mode = f"distill {cfg.method.name}" if is_distill(cfg) else "train"
     # A fresh run starts log.jsonl anew (records of a run that died before its first
     # checkpoint are not this run's); a resumed one keeps the records up to its checkpoint.
-    with rd.logger(fresh=not resume) as log:
+    logger = rd.logger(fresh=not resume) if main else contextlib.nullcontext(_NullLog())
+    with logger as log:
         if state.epoch == 0:
             log.log(
                 {
@@ -1303,7 +1343,7 @@ def _run_locked(
         bar = progress(total=epochs, desc=f"{cfg.name} [{mode}]", initial=state.epoch, unit="ep")
         try:
             while state.epoch < last_epoch:
-                run_epoch(trainer, data, rd, log, state, spe, wall=wall)
+                run_epoch(trainer, data, rd, log, state, spe, wall=wall, world=world)
                 bar.update(1)
                 if state.best_score is not None:
                     bar.set_postfix(best_iou=f"{state.best_score:.4f}", ep=state.best_epoch)
@@ -1322,6 +1362,8 @@ def _run_locked(
     if state.epoch < epochs:
         result["wall_s"] = wall()
         say(f"stopped after epoch {state.epoch}/{epochs}; continue with --resume")
+        return result
+    if not main:  # rank 0 evaluates and writes the test report
         return result
     report = final_report(rd, cfg, data, trainer.bare_forward(rd.best), write=False)
     report.update(last_report(trainer, rd, data, state, report))
@@ -1344,6 +1386,7 @@ def run_epoch(
     spe: int,
     *,
     wall: Callable[[], float] | None = None,
+    world: World | None = None,
 ) -> None:
     """Train one epoch, validate, keep the best, write the checkpoint; advance ``state``.
 
@@ -1356,8 +1399,12 @@ def run_epoch(
         spe: Steps per epoch.
         wall: The run's wall seconds so far (over resumed segments), stored with the
             checkpoint (``timing.json``); None stores nothing.
+        world: The processes of a data-parallel run (None: one process); only rank 0
+            validates and writes, and images per second count every rank's images.
     """
     cfg = trainer.cfg
+    main = world is None or world.is_main
+    ranks = 1 if world is None else world.size
     e = state.epoch  # 0-based index of this epoch
     trainer.train_mode()
     t_epoch = time.perf_counter()
@@ -1379,7 +1426,7 @@ def run_epoch(
                 last_good=last_good,
             )
             state.step += 1
-            n_window += images.shape[0]
+            n_window += images.shape[0] * ranks
             for k, v in values.items():
                 sums[k] = sums.get(k, 0.0) + v
             steps.update(1)
@@ -1413,7 +1460,7 @@ def run_epoch(
     )
 
     epochs = cfg.schedule.epochs
-    if (e + 1) % cfg.train.eval_every == 0 or e + 1 == epochs:
+    if main and ((e + 1) % cfg.train.eval_every == 0 or e + 1 == epochs):
         if data.val_ids:
             metrics = validate(trainer, data)
             score = metrics["iou"]
@@ -1449,6 +1496,8 @@ def run_epoch(
         "steps_per_epoch": spe,
         "data": {"next_epoch": state.epoch, "seed": cfg.seed, "rng": "default_rng([seed, epoch])"},
     }
+    if not main:
+        return
     rd.write_checkpoint(
         state,
         trainer.write,

@@ -119,6 +119,7 @@ import numpy as np
 from mindspore import nn, ops
 
 from irkd.config import ConfigError, ExperimentConfig
+from irkd.dist import World, check_supported, shard_noise
 from irkd.engine import (
     EMA_FILE,
     Forward,
@@ -132,6 +133,7 @@ from irkd.engine import (
 )
 from irkd.weights import WeightsError, check_strict, load_neutral
 from irkd.zoo import stage_channels
+from ms_impl import dist
 from ms_impl.ema import ModelEma
 from ms_impl.losses import task_loss
 from ms_impl.models import create_model
@@ -145,6 +147,7 @@ __all__ = [
     "NonFiniteLossError",
     "assign_neutral",
     "build_optimizer",
+    "freeze_batchnorm",
     "is_distill",
     "run",
 ]
@@ -165,6 +168,13 @@ def freeze(net: nn.Cell) -> nn.Cell:
         p.requires_grad = False
     net.set_train(False)
     return net
+
+
+def freeze_batchnorm(net: nn.Cell) -> None:
+    """Put every BatchNorm layer of ``net`` in eval mode (``train.freeze_bn``)."""
+    for _, cell in net.cells_and_names():
+        if isinstance(cell, nn.BatchNorm1d | nn.BatchNorm2d):
+            cell.set_train(False)
 
 
 def load_teacher(cfg: ExperimentConfig) -> nn.Cell:
@@ -202,6 +212,8 @@ class MSTrainer:
             it eagerly in PYNATIVE_MODE. The MindSpore context mode is set accordingly.
         device: MindSpore device target (``CPU``, ``Ascend``, ``GPU``); None keeps
             MindSpore's choice.
+        world: The processes of a data-parallel run (:mod:`irkd.dist`, joined by
+            :func:`ms_impl.dist.init`); one by default.
 
     Attributes:
         backend: ``"mindspore"``.
@@ -222,9 +234,16 @@ class MSTrainer:
     backend = BACKEND
 
     def __init__(
-        self, cfg: ExperimentConfig, *, graph: bool | None = None, device: str | None = None
+        self,
+        cfg: ExperimentConfig,
+        *,
+        graph: bool | None = None,
+        device: str | None = None,
+        world: World | None = None,
     ) -> None:
         self.cfg = cfg
+        self.world = world or World()
+        check_supported(cfg, self.world.size)
         self.graph = bool(cfg.train.graph_mode if graph is None else graph)
         set_mode("graph" if self.graph else "pynative", device)
         self.device = device_target()
@@ -264,11 +283,15 @@ class MSTrainer:
         t_stages = self.t_stages
         n_t = len(t_stages)
         aux_keys = AUX_KEYS if getattr(student, "deep_supervision", False) else ()
+        # Data parallel: SoftIoU's sums over every rank, gradients averaged over the ranks,
+        # the update guarded by the global loss (every rank updates, or none does).
+        reduce = dist.sum_op() if self.world.parallel else None
+        reducer = dist.grad_reducer(optimizer.parameters, self.world)
 
         def forward(x: ms.Tensor, m: ms.Tensor, *rest: ms.Tensor) -> tuple[Any, ...]:
             s_logits, s_feats = student.forward_features(x)
             aux = tuple(s_feats[k] for k in aux_keys)
-            task = task_loss(s_logits, aux, m)
+            task = task_loss(s_logits, aux, m, reduce=reduce)
             if distiller is None:
                 return task, task
             t_logits = rest[0]
@@ -283,7 +306,12 @@ class MSTrainer:
 
         def train_step(x: ms.Tensor, m: ms.Tensor, *rest: ms.Tensor) -> tuple[Any, ...]:
             out, grads = grad_fn(x, m, *rest)
-            if ops.isfinite(out[0]):
+            if reducer is None:
+                finite = ops.isfinite(out[0])
+            else:
+                grads = reducer(grads)
+                finite = ops.isfinite(reduce(out[0]))
+            if finite:
                 optimizer(grads)
             return out
 
@@ -300,7 +328,8 @@ class MSTrainer:
     def train_mode(self) -> None:
         """Student and distiller in train mode; the teacher stays in eval mode.
 
-        Also (re)selects this trainer's execution mode, GRAPH_MODE or PYNATIVE_MODE (the
+        With ``train.freeze_bn`` the student's and distiller's BatchNorm layers stay in
+        eval mode. Also (re)selects this trainer's execution mode, GRAPH_MODE or PYNATIVE_MODE (the
         MindSpore context is global: another trainer or an evaluation may have changed it).
         """
         want = ms.GRAPH_MODE if self.graph else ms.PYNATIVE_MODE
@@ -309,6 +338,10 @@ class MSTrainer:
         self.student.set_train(True)
         if self.distiller is not None:
             self.distiller.set_train(True)
+        if self.cfg.train.freeze_bn:
+            freeze_batchnorm(self.student)
+            if self.distiller is not None:
+                freeze_batchnorm(self.distiller)
         if self.teacher is not None:
             self.teacher.set_train(False)
 
@@ -322,7 +355,13 @@ class MSTrainer:
             t_out = self._teacher_fn(x)
             out += list(t_out)
             b, _, h, w = images.shape
-            noise = noise_for(self.cfg.seed, step, self.distiller.noise_shapes(b, h, w))
+            distiller, seed = self.distiller, self.cfg.seed
+            noise = shard_noise(
+                lambda n: noise_for(seed, step, distiller.noise_shapes(n, h, w)),
+                b,
+                self.world.rank,
+                self.world.size,
+            )
             out += [ms.Tensor(a) for a in noise]
         return out
 
@@ -365,6 +404,7 @@ class MSTrainer:
         out = self._train_step(*self.inputs(images, masks, step))
         values = {"loss": float(out[0].asnumpy())}
         values.update({k: float(v.asnumpy()) for k, v in self._terms(out).items()})
+        values = dist.mean_values(values, self.world)  # the same on every rank
         check_finite(values, where=where, last_good=last_good)
         if self.ema is not None:
             self.ema.update(step + 1)
@@ -501,13 +541,19 @@ def run(
         NonFiniteLossError: A NaN/Inf loss; the last good checkpoint is left untouched.
         ConfigError, DatasetError, WeightsError, FileNotFoundError: Bad inputs.
     """
-    return run_training(
-        cfg,
-        run_dir,
-        lambda: MSTrainer(cfg, device=device),
-        resume=resume,
-        cache_dir=cache_dir,
-        synth_size=synth_size,
-        stop_after=stop_after,
-        quiet=quiet,
-    )
+    world = dist.init()
+    check_supported(cfg, world.size)
+    try:
+        return run_training(
+            cfg,
+            run_dir,
+            lambda: MSTrainer(cfg, device=device, world=world),
+            resume=resume,
+            cache_dir=cache_dir,
+            synth_size=synth_size,
+            stop_after=stop_after,
+            quiet=quiet,
+            world=world if world.parallel else None,
+        )
+    finally:
+        dist.shutdown()

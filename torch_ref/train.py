@@ -46,6 +46,7 @@ import torch
 from torch import nn
 
 from irkd.config import ConfigError, ExperimentConfig
+from irkd.dist import World, check_supported, shard_noise
 from irkd.engine import (
     EMA_FILE,
     Forward,
@@ -59,13 +60,22 @@ from irkd.engine import (
 )
 from irkd.weights import WeightsError, save_neutral
 from irkd.zoo import stage_channels
+from torch_ref import dist
 from torch_ref.ema import ModelEma
-from torch_ref.losses import task_loss
+from torch_ref.losses import Reduce, task_loss
 from torch_ref.models import create_model
 from torch_ref.predict import forward_fn, load_network, read_weights
 from torch_ref.weights import load_neutral_torch, save_neutral_torch, state_to_neutral
 
-__all__ = ["NonFiniteLossError", "TorchTrainer", "build_optimizer", "is_distill", "run"]
+__all__ = [
+    "NonFiniteLossError",
+    "TorchTrainer",
+    "TrainNet",
+    "build_optimizer",
+    "freeze_batchnorm",
+    "is_distill",
+    "run",
+]
 
 BACKEND = "pytorch"
 AUX_KEYS = ("aux1", "aux2", "aux3")
@@ -114,6 +124,58 @@ def build_optimizer(params: list[nn.Parameter], optim_cfg: Any) -> torch.optim.O
     raise ConfigError(f"optim.name: unknown optimizer {o.name!r}")  # pragma: no cover
 
 
+def freeze_batchnorm(module: nn.Module) -> None:
+    """Put every BatchNorm layer of ``module`` in eval mode (``train.freeze_bn``)."""
+    for m in module.modules():
+        if isinstance(m, nn.BatchNorm1d | nn.BatchNorm2d | nn.SyncBatchNorm):
+            m.eval()
+
+
+class TrainNet(nn.Module):
+    """The trainable part of a step, student and distiller: what data parallel wraps.
+
+    ``forward(x, m, t_logits, t_feats, noise) -> (loss, terms)``, the student's forward
+    pass, the task loss (its batch sums summed over the ranks by ``reduce``) and the
+    distillation loss. ``DistributedDataParallel`` sees this module's ``forward``, so its
+    gradient hooks cover the student's and the connectors' parameters.
+
+    Args:
+        student: The network being trained.
+        distiller: ``build_distiller(...)`` or None.
+        reduce: :func:`torch_ref.dist.global_sum` in a data-parallel run, else None.
+    """
+
+    def __init__(
+        self, student: nn.Module, distiller: nn.Module | None, reduce: Reduce | None = None
+    ) -> None:
+        super().__init__()
+        self.student = student
+        self.distiller = distiller
+        self.reduce = reduce
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        m: torch.Tensor,
+        t_logits: torch.Tensor | None,
+        t_feats: dict[str, torch.Tensor] | None,
+        noise: tuple[torch.Tensor, ...],
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """``(loss, terms)``; ``terms``: ``task``, ``kd`` and ``kd/<stage>``."""
+        s_logits, s_feats = self.student.forward_features(x)
+        aux = tuple(s_feats[k] for k in AUX_KEYS if k in s_feats)
+        task = task_loss(s_logits, aux, m, reduce=self.reduce)
+        terms: dict[str, torch.Tensor] = {"task": task}
+        loss = task
+        if self.distiller is not None:
+            kd, stage_terms = self.distiller(t_feats, s_feats, t_logits, s_logits, m, noise)
+            loss = task + kd
+            terms["kd"] = kd
+            for name, value in zip(self.distiller.stages, stage_terms, strict=True):
+                terms[f"kd/{name}"] = value
+        return loss, terms
+
+
 def load_teacher(cfg: ExperimentConfig) -> nn.Module:
     """Build the teacher, load its checkpoint strictly and freeze it (eval, no grad).
 
@@ -157,12 +219,24 @@ class TorchTrainer:
         ema: The student's weight average (:class:`torch_ref.ema.ModelEma`), None when
             ``train.ema`` is 0.
         student_kwargs: The student's constructor kwargs (stored with the best weights).
+        world: The processes of a data-parallel run (:mod:`irkd.dist`); one by default.
+        train_net: :class:`TrainNet`, wrapped in ``DistributedDataParallel`` when the world
+            has more than one process.
     """
 
     backend = BACKEND
 
-    def __init__(self, cfg: ExperimentConfig, device: str | torch.device | None = None) -> None:
+    def __init__(
+        self,
+        cfg: ExperimentConfig,
+        device: str | torch.device | None = None,
+        world: World | None = None,
+    ) -> None:
         self.cfg = cfg
+        self.world = world or World()
+        check_supported(cfg, self.world.size)
+        if device is None and self.world.parallel and torch.cuda.is_available():
+            device = os.environ.get("IRKD_DEVICE") or f"cuda:{self.world.local_rank}"
         self.device = resolve_device(device)
         distill = is_distill(cfg)
         self.teacher = load_teacher(cfg) if distill else None
@@ -192,42 +266,53 @@ class TorchTrainer:
             params += list(self.distiller.parameters())
         self.optimizer = build_optimizer(params, cfg.optim)
         self.ema = ModelEma(self.student, cfg.train.ema) if cfg.train.ema > 0 else None
+        reduce = dist.sum_op() if self.world.parallel else None
+        self.train_net = dist.wrap(
+            TrainNet(self.student, self.distiller, reduce), self.world, self.device
+        )
 
     def train_mode(self) -> None:
-        """Student and distiller in train mode; the teacher stays in eval mode."""
+        """Student and distiller in train mode (BatchNorm in eval mode with
+        ``train.freeze_bn``); the teacher stays in eval mode.
+        """  # noqa: D205
         self.student.train()
         if self.distiller is not None:
             self.distiller.train()
+        if self.cfg.train.freeze_bn:
+            freeze_batchnorm(self.student)
+            if self.distiller is not None:
+                freeze_batchnorm(self.distiller)
         if self.teacher is not None:
             self.teacher.eval()
 
     def losses(
         self, images: np.ndarray, masks: np.ndarray, step: int
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Forward pass of one batch: ``(loss, terms)`` (``task``, ``kd``, ``kd/<stage>``)."""
+        """Forward pass of one batch: ``(loss, terms)`` (``task``, ``kd``, ``kd/<stage>``).
+
+        In a data-parallel run ``images`` is this rank's shard, the task loss is that of the
+        global batch and the distillation terms are this shard's.
+        """
         x = torch.from_numpy(images).to(self.device)
         m = torch.from_numpy(masks).to(self.device)
         t_logits = t_feats = None
+        noise: tuple[torch.Tensor, ...] = ()
         if self.teacher is not None:
             with torch.no_grad():
                 t_logits, t_feats = self.teacher.forward_features(x)
-        s_logits, s_feats = self.student.forward_features(x)
-        aux = tuple(s_feats[k] for k in AUX_KEYS if k in s_feats)
-        task = task_loss(s_logits, aux, m)
-        terms: dict[str, torch.Tensor] = {"task": task}
-        loss = task
         if self.distiller is not None:
             b, _, h, w = images.shape
-            noise = tuple(
-                torch.from_numpy(a).to(self.device)
-                for a in noise_for(self.cfg.seed, step, self.distiller.noise_shapes(b, h, w))
+            distiller, seed = self.distiller, self.cfg.seed
+            arrays = shard_noise(
+                lambda n: noise_for(seed, step, distiller.noise_shapes(n, h, w)),
+                b,
+                self.world.rank,
+                self.world.size,
             )
-            kd, stage_terms = self.distiller(t_feats, s_feats, t_logits, s_logits, m, noise)
-            loss = task + kd
-            terms["kd"] = kd
-            for name, value in zip(self.distiller.stages, stage_terms, strict=True):
-                terms[f"kd/{name}"] = value
-        return loss, terms
+            noise = tuple(torch.from_numpy(a).to(self.device) for a in arrays)
+        # One process: a TrainNet of the current attributes (parity's float64 twin swaps them).
+        net = self.train_net if self.world.parallel else TrainNet(self.student, self.distiller)
+        return net(x, m, t_logits, t_feats, noise)
 
     def step(
         self,
@@ -249,6 +334,7 @@ class TorchTrainer:
         loss, terms = self.losses(images, masks, step)
         values = {"loss": float(loss.detach())}
         values.update({k: float(v.detach()) for k, v in terms.items()})
+        values = dist.mean_values(values, self.world)  # the same on every rank
         check_finite(values, where=where, last_good=last_good)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -358,13 +444,19 @@ def run(
         ConfigError, DatasetError, WeightsError, FileNotFoundError: Bad inputs.
     """
     torch.set_num_threads(torch_threads())
-    return run_training(
-        cfg,
-        run_dir,
-        lambda: TorchTrainer(cfg, device),
-        resume=resume,
-        cache_dir=cache_dir,
-        synth_size=synth_size,
-        stop_after=stop_after,
-        quiet=quiet,
-    )
+    world = dist.init()
+    check_supported(cfg, world.size)
+    try:
+        return run_training(
+            cfg,
+            run_dir,
+            lambda: TorchTrainer(cfg, device, world),
+            resume=resume,
+            cache_dir=cache_dir,
+            synth_size=synth_size,
+            stop_after=stop_after,
+            quiet=quiet,
+            world=world if world.parallel else None,
+        )
+    finally:
+        dist.shutdown()
