@@ -8,6 +8,8 @@ A subcommand that is not built yet says so and exits 2.
 from __future__ import annotations
 
 import argparse
+import errno
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -193,6 +195,9 @@ def _cmd_models(args: argparse.Namespace) -> int:
 def _cmd_weights_convert(args: argparse.Namespace) -> int:
     import os
 
+    from irkd.zoo import check_network
+
+    check_network(args.network, key="--network")
     if os.path.lexists(args.dst) and not args.overwrite:
         raise FileExistsError(f"{args.dst} exists: pass --overwrite to replace it")
     from parity.weights import convert
@@ -371,6 +376,12 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _recheck_networks(weights: Sequence[Path]) -> dict:
+    from parity.suite import recheck_networks
+
+    return recheck_networks(weights)
+
+
 def _cmd_release(args: argparse.Namespace) -> int:
     from irkd.release import build_release
 
@@ -405,6 +416,7 @@ def _cmd_release(args: argparse.Namespace) -> int:
         backends=backends,
         evaluate=None if args.no_eval else evaluate,
         overwrite=args.overwrite,
+        recheck=None if args.no_recheck else _recheck_networks,
         say=lambda s: print(s, file=sys.stderr, flush=True),
     )
     m = manifest["metrics"]["student"]
@@ -993,6 +1005,13 @@ def build_parser() -> argparse.ArgumentParser:
     rel.add_argument("--split", default="test")
     rel.add_argument("--no-eval", action="store_true", help="skip the student's metrics")
     rel.add_argument("--overwrite", action="store_true", help="replace an existing release")
+    rel.add_argument(
+        "--no-recheck",
+        action="store_true",
+        help="do not re-run the network parity cases on the weights (by default the release "
+        "checks them itself, so that no report file alone opens the gate; the manifest records "
+        "the skip)",
+    )
     rel.add_argument("--warmup", type=int, default=10)
     rel.add_argument("--runs", type=int, default=50)
     rel.set_defaults(func=_cmd_release)
@@ -1026,11 +1045,47 @@ def main(argv: Sequence[str] | None = None) -> int:
         # step leaves no partial release: one line either way.
         print(f"irkd: error: {exc}", file=sys.stderr)
         return EXIT_FAIL
-    except (ValueError, FileNotFoundError, FileExistsError) as exc:
+    except OSError as exc:
+        # A path that cannot be read or written (read-only, a file where a folder is
+        # expected, a folder where a file is expected, a full disk) is the user's to fix.
+        print(f"irkd: error: {os_error_line(exc)}", file=sys.stderr)
+        return EXIT_FAIL
+    except ValueError as exc:
         # Input errors (dataset, config, files) are the user's to fix: one clear line,
         # no traceback. Anything else is a bug and keeps its traceback.
         print(f"irkd: error: {exc}", file=sys.stderr)
         return EXIT_FAIL
+
+
+_OS_REASONS = {
+    errno.EISDIR: "it is a folder, a file is expected there",
+    errno.ENOTDIR: "a file stands where a folder is expected in that path",
+    errno.EEXIST: "a file stands where a folder is expected",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+    errno.EROFS: "read-only file system",
+    errno.ENOSPC: "no space left on the device",
+    errno.ENOENT: "no such file or folder",
+}
+
+
+def os_error_line(exc: OSError) -> str:
+    """One line for an operating-system error: the path the user gave, and why.
+
+    Errors raised by irkd itself (no ``errno``) already carry their own message. For a
+    failed atomic write the path shown is the destination, not the temporary file.
+    """
+    if exc.errno is None:
+        return str(exc)
+    path = exc.filename2 if exc.filename2 is not None else exc.filename
+    if path is None:
+        return f"{exc.strerror or exc}"
+    name = os.fsdecode(path)
+    base = os.path.basename(name)
+    if base.startswith(".") and base.endswith(".tmp"):  # an atomic write's temporary file
+        name = os.path.join(os.path.dirname(name), base[1:].rsplit(".", 2)[0])
+    reason = _OS_REASONS.get(exc.errno, exc.strerror or "failed")
+    return f"cannot use {name}: {reason}"
 
 
 if __name__ == "__main__":  # pragma: no cover

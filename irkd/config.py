@@ -20,6 +20,8 @@ from typing import Any, Literal, get_args, get_origin
 
 import yaml
 
+from irkd.zoo import UnknownNetworkError, check_network
+
 __all__ = [
     "ConfigError",
     "DataConfig",
@@ -399,6 +401,12 @@ def _check_values(obj: Any, prefix: str) -> None:
             f"must be in [0, 1) (the EMA decay; 0 disables the average), got {obj.ema!r}",
         )
     elif isinstance(obj, ExperimentConfig):
+        nets = [("model", obj.model)] + ([("teacher", obj.teacher)] if obj.teacher else [])
+        for key, net in nets:
+            try:
+                check_network(net.name, net.kwargs, key=f"{p}{key}")
+            except UnknownNetworkError as exc:
+                raise ConfigError(str(exc)) from None
         need(
             0 <= obj.seed <= MAX_SEED,
             "seed",

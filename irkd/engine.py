@@ -68,6 +68,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import json
 import math
 import os
@@ -95,6 +96,7 @@ from irkd.config import (
     save_config,
 )
 from irkd.data import (
+    DatasetError,
     IRSTDDataset,
     TrainBatches,
     compute_mean_std,
@@ -103,6 +105,7 @@ from irkd.data import (
     require_targets,
     split_train_val,
     synthesize,
+    verify_split,
 )
 from irkd.dist import ShardedBatches, World
 from irkd.metrics import IRSTDMetrics
@@ -145,6 +148,9 @@ __all__ = [
     "progress",
     "require_ema_file",
     "resolve_dataset",
+    "resolved_config",
+    "restore_checkpoint",
+    "resume_changes",
     "run_epoch",
     "run_folder_lock",
     "run_training",
@@ -271,9 +277,28 @@ def prepare_data(
     root = resolve_dataset(d, cache_dir, size=synth_size)
     train_set = IRSTDDataset(root, "train", layout=d.layout)
     train_ids, val_ids = split_train_val(train_set.ids, d.val_fraction, cfg.seed)
-    # Fail before training, not with IoU nan after it: both splits must hold a target.
+    test_set = IRSTDDataset(root, "test", layout=d.layout)
+    # Fail before training, not with IoU nan or a broken file after it: both splits must
+    # decode, be disjoint and hold a target, and a crop must fit the images.
+    overlap = sorted(set(train_set.ids) & set(test_set.ids))
+    if overlap:
+        raise DatasetError(
+            f"{len(overlap)} ids of {root} are in both the train and the test split "
+            f"({', '.join(overlap[:3])}{' ...' if len(overlap) > 3 else ''}): a model would be "
+            f"tested on images it trained on; fix {train_set.split_file.name} / "
+            f"{test_set.split_file.name}"
+        )
+    top_h, top_w = verify_split(train_set)
+    verify_split(test_set)
     require_targets(train_set, train_ids)
-    require_targets(IRSTDDataset(root, "test", layout=d.layout))
+    require_targets(test_set)
+    if d.crop > max(top_h, top_w):
+        raise ConfigError(
+            f"data.crop: {d.crop} is larger than every training image of {root} (largest "
+            f"{top_h}x{top_w}); a crop that large is mostly zero padding and costs "
+            f"{d.crop * d.crop / (top_h * top_w):.0f}x the memory: use data.crop <= "
+            f"{max(top_h, top_w) // 32 * 32}"
+        )
     mean, std = compute_mean_std(train_set, train_ids)
     if not std > 0:
         raise ValueError(f"training images of {root} have zero variance (std 0)")
@@ -700,8 +725,8 @@ class RunDir:
         return f"RunDir({str(self.path)!r})"
 
     def save_config(self, cfg: ExperimentConfig) -> Path:
-        """Write the resolved config (``irkd.config.save_config``)."""
-        save_config(cfg, self.config)
+        """Write the config (``irkd.config.save_config``), ``data.root`` made absolute."""
+        save_config(resolved_config(cfg), self.config)
         return self.config
 
     def logger(self, *, fresh: bool = False) -> JsonlLogger:
@@ -747,13 +772,16 @@ class RunDir:
             )
         return TrainState.from_json(json.loads(path.read_text(encoding="utf-8")))
 
-    def read_wall_s(self) -> float:
-        """Wall seconds the run had spent when ``checkpoints/last`` was written (0.0 if unknown).
+    def read_wall_s(self, folder: Path | None = None) -> float:
+        """Wall seconds the run had spent when a checkpoint was written (0.0 if unknown).
 
-        Kept in ``checkpoints/last/timing.json`` (next to ``state.json``, not in it, so that
+        Kept in ``<checkpoint>/timing.json`` (next to ``state.json``, not in it, so that
         the state of a resumed run stays equal to that of an uninterrupted one).
+
+        Args:
+            folder: The checkpoint folder (default ``checkpoints/last``).
         """
-        path = self.last / self.TIMING
+        path = (self.last if folder is None else folder) / self.TIMING
         if not path.is_file():
             return 0.0
         try:
@@ -950,19 +978,56 @@ def net_kwargs(net: NetConfig, *, deep_supervision: bool = False) -> dict[str, A
     return kwargs
 
 
-def _config_diff(saved_path: Path, cfg: ExperimentConfig) -> list[str]:
-    """Top-level keys in which ``cfg`` differs from the config saved at ``saved_path``."""
+def _resolved_root(root: str | None) -> str | None:
+    """``data.root`` as an absolute path (None stays None: the synthetic dataset)."""
+    return None if root is None else str(Path(root).expanduser().resolve())
+
+
+def resolved_config(cfg: ExperimentConfig) -> ExperimentConfig:
+    """``cfg`` with ``data.root`` absolute: a run folder's config.yaml resumes from anywhere."""
+    root = _resolved_root(cfg.data.root)
+    return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, root=root))
+
+
+def _config_diff(saved_path: Path, cfg: ExperimentConfig, *, resume: bool = False) -> list[str]:
+    """Top-level keys in which ``cfg`` differs from the config saved at ``saved_path``.
+
+    ``schedule.epochs`` may differ (a run continued for longer); ``data.root`` is compared
+    resolved, and may differ on resume (a moved dataset; :func:`resume_changes` records it).
+    """
     saved = config_to_dict(load_config(saved_path))
     now = config_to_dict(cfg)
     saved["schedule"]["epochs"] = now["schedule"]["epochs"]
+    if resume:
+        saved["data"]["root"] = now["data"]["root"]
+    else:
+        saved["data"]["root"] = _resolved_root(saved["data"]["root"])
+        now["data"]["root"] = _resolved_root(now["data"]["root"])
     return [k for k in now if now[k] != saved.get(k)]
+
+
+def resume_changes(saved_path: Path, cfg: ExperimentConfig) -> dict[str, list[Any]]:
+    """What a resume changes that :func:`check_run_folder` allows: ``{"key": [old, new]}``.
+
+    Only ``schedule.epochs`` and ``data.root`` (compared resolved) can appear; the resumed
+    run logs them as a ``resume`` record, so a changed run says so in its own log.
+    """
+    if not saved_path.is_file():
+        return {}
+    saved = load_config(saved_path)
+    out: dict[str, list[Any]] = {}
+    if saved.schedule.epochs != cfg.schedule.epochs:
+        out["schedule.epochs"] = [saved.schedule.epochs, cfg.schedule.epochs]
+    if _resolved_root(saved.data.root) != _resolved_root(cfg.data.root):
+        out["data.root"] = [saved.data.root, _resolved_root(cfg.data.root)]
+    return out
 
 
 def check_same_config(run: RunDir, cfg: ExperimentConfig) -> None:
     """On resume, refuse a config that differs from the run's (``schedule.epochs`` aside)."""
     if not run.config.is_file():
         return
-    diff = _config_diff(run.config, cfg)
+    diff = _config_diff(run.config, cfg, resume=True)
     if diff:
         raise ConfigError(
             f"--resume: the config differs from {run.config} in {', '.join(diff)}; "
@@ -997,6 +1062,11 @@ def _has_checkpoint(path: Path) -> bool:
     )
 
 
+def _own_leftover(name: str) -> bool:
+    """The lock, or the temporary file of a marker write that a kill interrupted."""
+    return name == LOCK_NAME or (name.startswith(f"{RUN_MARKER}.") and name.endswith(".tmp"))
+
+
 def check_run_folder(
     path: str | os.PathLike[str], cfg: ExperimentConfig, *, resume: bool = False
 ) -> None:
@@ -1022,7 +1092,7 @@ def check_run_folder(
         return
     if not path.is_dir():
         raise RunFolderError(f"--out {path} is not a folder: give a new or empty folder")
-    names = sorted(p.name for p in path.iterdir() if p.name != LOCK_NAME)
+    names = sorted(p.name for p in path.iterdir() if not _own_leftover(p.name))
     if not names:
         if resume:
             raise FileNotFoundError(no_ckpt)
@@ -1040,7 +1110,7 @@ def check_run_folder(
     config = path / "config.yaml"
     if config.is_file():
         try:
-            diff = _config_diff(config, cfg)
+            diff = _config_diff(config, cfg, resume=resume)
         except (ConfigError, OSError, ValueError) as exc:
             raise RunFolderError(f"--out {path}: its config.yaml cannot be read ({exc})") from None
         if diff and resume:
@@ -1180,6 +1250,54 @@ class Trainer(Protocol):
         ...
 
 
+def restore_checkpoint(
+    rd: RunDir,
+    trainer: Trainer,
+    *,
+    say: Callable[[str], None] = lambda s: None,
+    move_broken: bool = True,
+) -> tuple[TrainState, Path]:
+    """Load the newest readable checkpoint into ``trainer``; return its state and folder.
+
+    ``checkpoints/last`` first, then the kept ``checkpoints/epoch_NNNN`` (``train.keep_last``
+    > 1), newest first. A checkpoint that cannot be read (a truncated ``state.json``, a
+    corrupt weights or optimizer file) is skipped with a message and, with ``move_broken``,
+    moved aside to ``checkpoints/broken-<name>-<time>`` (kept, never deleted; the next
+    checkpoint would otherwise treat it as the run's latest).
+
+    Raises:
+        FileNotFoundError: No checkpoint at all.
+        RunFolderError: No checkpoint can be read (each one's reason named).
+    """
+    kept = sorted(rd.checkpoints.glob("epoch_[0-9][0-9][0-9][0-9]"), reverse=True)
+    candidates = ([rd.last] if rd.last.is_dir() else []) + kept
+    if not candidates:
+        rd.read_state()  # raises FileNotFoundError naming the folder
+    broken: list[str] = []
+    for folder in candidates:
+        try:
+            data = json.loads((folder / RunDir.STATE).read_text(encoding="utf-8"))
+            state = TrainState.from_json(data)
+            trainer.read(folder)
+        except Exception as exc:  # noqa: BLE001 - any unreadable file: try the next one
+            reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            broken.append(f"{folder.name} ({reason[:160]})")
+            say(f"checkpoint {folder} cannot be read ({reason[:160]}); trying an older one")
+            if move_broken:
+                aside = rd.checkpoints / f"broken-{folder.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+                with contextlib.suppress(OSError):
+                    folder.rename(aside)
+                    say(f"moved it aside to {aside} (kept, not deleted)")
+            continue
+        if broken:
+            say(f"resuming from {folder} (epoch {state.epoch}) instead of the unreadable one")
+        return state, folder
+    raise RunFolderError(
+        f"--resume: no checkpoint in {rd.checkpoints} can be read: {'; '.join(broken)}; "
+        "start a fresh run in another --out folder"
+    )
+
+
 def run_training(
     cfg: ExperimentConfig,
     run_dir: str | os.PathLike[str],
@@ -1248,26 +1366,52 @@ def run_training(
         )
     # Nothing is written or deleted before the folder is known to be ours (or new).
     check_run_folder(path, cfg, resume=resume)
+    existed = path.exists()
+    created = not existed or not any(not _own_leftover(p.name) for p in path.iterdir())
     path.mkdir(parents=True, exist_ok=True)
-    with run_folder_lock(path):
-        check_run_folder(path, cfg, resume=resume)  # again: another process may have run
-        if not (path / RUN_MARKER).is_file():
-            write_text_atomic(
-                path / RUN_MARKER,
-                "irkd run folder: irkd train/distill write here, one process at a time\n",
+    try:
+        with run_folder_lock(path):
+            check_run_folder(path, cfg, resume=resume)  # again: another process may have run
+            for left in path.glob(f"{RUN_MARKER}.*.tmp"):  # a killed marker write
+                left.unlink()
+            if not (path / RUN_MARKER).is_file():
+                write_text_atomic(
+                    path / RUN_MARKER,
+                    "irkd run folder: irkd train/distill write here, one process at a time\n",
+                )
+            return _run_locked(
+                cfg,
+                RunDir(path),
+                make_trainer,
+                resume=resume,
+                cache_dir=cache_dir,
+                synth_size=synth_size,
+                stop_after=stop_after,
+                quiet=quiet,
+                t_start=t_start,
+                world=world,
             )
-        return _run_locked(
-            cfg,
-            RunDir(path),
-            make_trainer,
-            resume=resume,
-            cache_dir=cache_dir,
-            synth_size=synth_size,
-            stop_after=stop_after,
-            quiet=quiet,
-            t_start=t_start,
-            world=world,
-        )
+    except Exception:
+        if created and not (path / "log.jsonl").exists():
+            _remove_unstarted(path, keep_folder=existed)  # failed before it started
+        raise
+
+
+def _remove_unstarted(path: Path, *, keep_folder: bool) -> None:
+    """Undo what :func:`run_training` wrote in a new or empty folder before it failed to start.
+
+    Only the files it writes before the first log record (the marker, the lock,
+    ``config.yaml``, an empty ``checkpoints/``) are removed, and the folder itself only when
+    this run created it (``keep_folder`` False) and that empties it.
+    """
+    for name in (RUN_MARKER, LOCK_NAME, "config.yaml"):
+        with contextlib.suppress(OSError):
+            (path / name).unlink()
+    with contextlib.suppress(OSError):
+        (path / "checkpoints").rmdir()
+    if not keep_folder:
+        with contextlib.suppress(OSError):
+            path.rmdir()
 
 
 def _run_locked(
@@ -1288,14 +1432,9 @@ def _run_locked(
     """  # noqa: D205
     say = (lambda *a: None) if quiet else (lambda *a: print(*a, file=sys.stderr))
     wall_before = 0.0
-    if resume:
-        state = rd.read_state()
-        wall_before = rd.read_wall_s()
-    else:
-        state = TrainState()
+    state = TrainState()
     main = world is None or world.is_main
-    if main:
-        rd.save_config(cfg)
+    changes = resume_changes(rd.config, cfg) if resume else {}
 
     data = prepare_data(cfg, cache_dir, synth_size=synth_size)
     if world is not None and world.parallel:
@@ -1305,16 +1444,19 @@ def _run_locked(
     spe = steps_per_epoch(data.batches, cfg.schedule)
     trainer = make_trainer()
     if resume:
+        state, folder = restore_checkpoint(rd, trainer, say=say, move_broken=main)
+        wall_before = rd.read_wall_s(folder)
         saved_spe = state.extra.get("steps_per_epoch")
         if saved_spe is not None and int(saved_spe) != spe:
             raise ConfigError(
                 f"--resume: {spe} steps per epoch now, {saved_spe} when the checkpoint was "
                 "written (the data or batch size changed)"
             )
-        trainer.read(rd.last)
         if main:
             rd.trim_log(state.epoch)
         say(f"resuming {rd.path} after epoch {state.epoch} (step {state.step})")
+    if main:  # only now: a run that cannot start leaves no config behind
+        rd.save_config(cfg)
 
     def wall() -> float:
         # Time lost after the last checkpoint of an interrupted segment is not counted.
@@ -1327,6 +1469,9 @@ def _run_locked(
     # checkpoint are not this run's); a resumed one keeps the records up to its checkpoint.
     logger = rd.logger(fresh=not resume) if main else contextlib.nullcontext(_NullLog())
     with logger as log:
+        if changes:
+            log.log({"kind": "resume", "after_epoch": state.epoch, "changed": changes})
+            say("resumed with " + ", ".join(f"{k} {a} -> {b}" for k, (a, b) in changes.items()))
         if state.epoch == 0:
             log.log(
                 {
@@ -1462,7 +1607,13 @@ def run_epoch(
     epochs = cfg.schedule.epochs
     if main and ((e + 1) % cfg.train.eval_every == 0 or e + 1 == epochs):
         if data.val_ids:
-            metrics = validate(trainer, data)
+            metrics = validate(
+                trainer,
+                data,
+                where=f"validation after epoch {e + 1}, step {state.step}",
+                terms=means,
+                last_good=last_good,
+            )
             score = metrics["iou"]
             score = None if score is None or not math.isfinite(score) else float(score)
         else:  # no validation part: the latest weights are the best
@@ -1506,11 +1657,51 @@ def run_epoch(
     )
 
 
-def validate(trainer: Trainer, data: PreparedData) -> dict[str, Any]:
-    """Score the current student on the validation part (``IRSTDMetrics.compute()``)."""
+def validate(
+    trainer: Trainer,
+    data: PreparedData,
+    *,
+    where: str = "validation",
+    terms: Mapping[str, float] | None = None,
+    last_good: Path | None = None,
+) -> dict[str, Any]:
+    """Score the current student on the validation part (``IRSTDMetrics.compute()``).
+
+    Args:
+        trainer: The backend's trainer.
+        data: The prepared data.
+        where: Position named if the student's outputs are not finite (``epoch 3, step 120``).
+        terms: The epoch's mean loss terms, shown in that message.
+        last_good: The last checkpoint written, named in that message.
+
+    Raises:
+        NonFiniteLossError: The student's outputs hold NaN/Inf: its weights diverged even
+            though every loss stayed finite (names the epoch, step, terms and likely cause).
+    """
+    forward = trainer.eval_forward()
+    cfg = trainer.cfg
+
+    def checked(x: np.ndarray) -> np.ndarray:
+        out = forward(x)
+        if not np.isfinite(out).all():
+            shown = ", ".join(f"{k}={v:.6g}" for k, v in (terms or {}).items()) or "n/a"
+            kept = (
+                f"last good checkpoint: {last_good} (kept; --resume restarts from it)"
+                if last_good is not None and last_good.is_dir()
+                else "no checkpoint had been written yet"
+            )
+            raise NonFiniteLossError(
+                f"the run diverged: at {where} the student's outputs hold NaN/Inf although "
+                f"every loss stayed finite (mean loss terms of the epoch: {shown}); the weights "
+                f"overflowed, most likely because optim.lr {cfg.optim.lr:g} is too high for "
+                f"this network and batch: lower optim.lr, or raise schedule.warmup_epochs; "
+                f"{kept}"
+            )
+        return out
+
     preds = predict_split(
         data.val_set,
-        trainer.eval_forward(),
+        checked,
         mean=data.mean,
         std=data.std,
         multiple=data.multiple,

@@ -306,6 +306,7 @@ def build_release(
     backends: Sequence[ReleaseBackend],
     evaluate: Callable[[ModelInfo, Path], dict[str, Any]] | None = None,
     overwrite: bool = False,
+    recheck: Callable[[Sequence[Path]], Mapping[str, Any]] | None = None,
     say: Callable[[str], None] = lambda s: None,
 ) -> dict[str, Any]:
     """Build a gated release; returns the manifest.
@@ -320,10 +321,15 @@ def build_release(
             no metrics).
         overwrite: Replace an existing release folder (only once the new one is complete, and
             only an earlier release: see :func:`check_out`).
+        recheck: ``recheck([teacher, student])`` re-runs the network parity cases on the
+            weights themselves (``parity.suite.recheck_networks``; the CLI's default) and
+            raises unless they pass; what it returns goes to the manifest under
+            ``parity.recheck``. None: skipped, and the manifest says so.
         say: Progress messages.
 
     Raises:
-        irkd.gate.GateError: No passing parity report for these exact weights.
+        irkd.gate.GateError: No passing parity report for these exact weights, or the
+            re-run of the network cases failed.
         ReleaseError: A step failed; nothing is left at ``out``.
         FileExistsError: ``out`` exists and ``overwrite`` is false, or ``out`` is not a
             folder ``overwrite`` may replace (:func:`check_out`).
@@ -335,6 +341,15 @@ def build_release(
         f"parity gate passed ({report}): teacher {infos['teacher'].network}, "
         f"student {infos['student'].network}"
     )
+    if recheck is not None:
+        say("re-running the network parity cases on these weights (--no-recheck skips it)")
+        rechecked: dict[str, Any] = dict(recheck([Path(teacher), Path(student)]))
+        say(
+            f"network parity re-run passed: {rechecked.get('checks')} checks, worst err/tol "
+            f"{float(rechecked.get('worst_ratio', 0.0)):.3g}"
+        )
+    else:
+        rechecked = {"ran": False, "why": "skipped (--no-recheck): the report file alone decided"}
     t0 = time.perf_counter()
     with atomic_dir(out) as tmp:
         artifacts: dict[str, dict[str, Any]] = {}
@@ -398,6 +413,7 @@ def build_release(
                 "quick": parity.get("quick"),
                 "counts": parity.get("counts"),
                 "summary": parity.get("summary"),
+                "recheck": rechecked,
             },
             "latency": latency,
             "speedup_teacher_over_student": speedups(latency),

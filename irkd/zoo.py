@@ -32,6 +32,9 @@ __all__ = [
     "HEAD_BIAS",
     "stage_channels",
     "get_spec",
+    "check_network",
+    "FAMILY_KWARGS",
+    "UnknownNetworkError",
 ]
 
 #: Initial target probability of every output head: the heads' biases start at
@@ -116,14 +119,62 @@ MODELS: dict[str, ModelSpec] = {
 }
 
 
+FAMILY_KWARGS: dict[str, tuple[str, ...]] = {
+    "dnanet": ("nb_filter", "num_blocks", "in_channels", "num_classes", "deep_supervision"),
+    "unet": ("widths", "in_channels", "num_classes"),
+}
+"""The constructor keyword arguments of each family, the same on both sides (a test compares
+them with the PyTorch and MindSpore signatures)."""
+
+
+class UnknownNetworkError(KeyError, ValueError):
+    """An unregistered network name or a keyword argument its constructor does not take.
+
+    A ``KeyError`` for lookups, a ``ValueError`` so that the CLI prints it as one line.
+    """
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
 def get_spec(name: str) -> ModelSpec:
-    """Look up a registered network; the error lists the valid names."""
+    """Look up a registered network; the error lists the valid names.
+
+    Raises:
+        UnknownNetworkError: ``name`` is not registered.
+    """
     try:
         return MODELS[name]
-    except KeyError:
-        raise KeyError(
+    except (KeyError, TypeError):
+        raise UnknownNetworkError(
             f"unknown network {name!r}; registered: {', '.join(sorted(MODELS))}"
         ) from None
+
+
+def check_network(name: str, kwargs: dict[str, Any] | None = None, *, key: str = "") -> None:
+    """Refuse an unregistered ``name`` or a keyword argument its constructor does not take.
+
+    Args:
+        name: Registry name.
+        kwargs: Extra constructor keyword arguments.
+        key: Config key named in the message (``model``, ``teacher``).
+
+    Raises:
+        UnknownNetworkError: Naming ``key``, the bad value and the valid choices.
+    """
+    where = (key if key.startswith("-") else f"{key}.name") + ": " if key else ""
+    try:
+        spec = get_spec(name)
+    except UnknownNetworkError as exc:
+        raise UnknownNetworkError(f"{where}{exc}") from None
+    allowed = FAMILY_KWARGS[spec.family]
+    bad = sorted(set(kwargs or {}) - set(allowed))
+    if bad:
+        where = f"{key}.kwargs.{bad[0]}: " if key else ""
+        raise UnknownNetworkError(
+            f"{where}{name} ({spec.family}) takes no keyword argument {bad[0]!r}; "
+            f"it takes {', '.join(allowed)}"
+        )
 
 
 def stage_channels(name: str, **overrides: Any) -> dict[str, int]:

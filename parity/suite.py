@@ -24,7 +24,14 @@ from irkd.zoo import MODELS, stage_channels
 
 from .core import Case, Check, Context, build_report, failed_checks, run_cases, select_cases
 
-__all__ = ["all_cases", "resolve_weights", "run_parity", "train_pair"]
+__all__ = [
+    "NETWORK_CASES",
+    "all_cases",
+    "recheck_networks",
+    "resolve_weights",
+    "run_parity",
+    "train_pair",
+]
 
 
 def resolve_weights(files: Iterable[str | os.PathLike[str]]) -> dict[str, dict[str, Any]]:
@@ -148,3 +155,42 @@ def _progress(total: int) -> Callable[[Case, list[Check]], None]:
         )
 
     return show
+
+
+NETWORK_CASES = "net/"
+"""Name prefix of the network cases (forward in both MindSpore modes, BatchNorm statistics,
+gradients) that ``irkd release`` re-runs on the weights it ships."""
+
+
+def recheck_networks(
+    weights: Sequence[str | os.PathLike[str]], *, out: str | os.PathLike[str] | None = None
+) -> dict[str, Any]:
+    """Re-run the network cases on ``weights`` and recompute their verdict (the release).
+
+    A parity report is a file: whoever can write it can make it say PASS. ``irkd release``
+    therefore checks the networks itself, on the exact files it ships, and decides on the
+    current tolerance table (``parity.gate.verify_checks`` over the ``net/`` cases).
+
+    Args:
+        weights: The neutral weights files about to be released.
+        out: Where to keep the re-run's report (None: not written).
+
+    Returns:
+        ``{"ran": True, "cases", "checks", "gating", "seconds", "worst_ratio"}``.
+
+    Raises:
+        irkd.gate.GateError: A network case fails or crashed (one line).
+    """
+    from .gate import verify_checks
+
+    report = run_parity(weights=weights, select=[NETWORK_CASES], out=out, quiet=True)
+    verdict = verify_checks(report, Path("(the release's own re-run)"), prefixes=[NETWORK_CASES])
+    worst = max((float(c["ratio"]) for c in report["checks"] if c.get("gating")), default=0.0)
+    return {
+        "ran": True,
+        "cases": verdict["cases"],
+        "checks": verdict["checks"],
+        "gating": verdict["gating"],
+        "seconds": round(sum(report["seconds"].values()), 1),
+        "worst_ratio": worst,
+    }

@@ -63,7 +63,8 @@ def test_release_builds_both_backends_and_a_true_manifest(release_inputs, capsys
     report = _passing_report(tmp, [t, s])
     out = tmp / "rel"
     rc = main(["release", "--teacher", str(t), "--student", str(s), "--out", str(out),
-               "--parity", str(report), "--warmup", "1", "--runs", "3"])  # fmt: skip
+               "--parity", str(report), "--warmup", "1", "--runs", "3",
+               "--no-recheck"])  # fmt: skip
     text = capsys.readouterr().out
     assert rc == 0, text
     m = json.loads((out / "manifest.json").read_text())
@@ -90,6 +91,8 @@ def test_release_builds_both_backends_and_a_true_manifest(release_inputs, capsys
         )
     assert m["models"]["student"]["weights_sha256"] == sha256_file(s)
     assert m["parity"]["passed"] is True and m["parity"]["report_sha256"] == sha256_file(report)
+    recheck = m["parity"]["recheck"]
+    assert recheck["ran"] is False and "--no-recheck" in recheck["why"]
     metrics = m["metrics"]["student"]
     assert metrics["runtime"] == "onnxruntime-cpu" and 0.0 <= metrics["iou"] <= 1.0
     assert metrics["n_images"] == 3
@@ -141,7 +144,44 @@ def test_a_failing_export_leaves_no_release(release_inputs, monkeypatch, capsys)
     monkeypatch.setattr(jet, "export_for_release", broken)
     out = tmp / "broken"
     rc = main(["release", "--teacher", str(t), "--student", str(s), "--out", str(out),
-               "--parity", str(_passing_report(tmp, [t, s])), "--no-eval"])  # fmt: skip
+               "--parity", str(_passing_report(tmp, [t, s])), "--no-eval",
+               "--no-recheck"])  # fmt: skip
     assert rc == 1 and not out.exists()
     assert "[jetson] teacher" in capsys.readouterr().err
     assert not [p for p in tmp.iterdir() if p.name.startswith(".broken")]
+
+
+def _release(tmp, t, s, out, *extra):
+    return main(["release", "--teacher", str(t), "--student", str(s), "--out", str(out),
+                 "--parity", str(_passing_report(tmp, [t, s])), "--no-eval",
+                 "--warmup", "1", "--runs", "2", *extra])  # fmt: skip
+
+
+@pytest.mark.slow
+def test_release_rechecks_the_networks_itself(release_inputs, capsys):
+    """Issue 11, finding 6: a report file alone does not open the gate; the release re-runs
+    the network cases on the weights (about 90 s here) and records it in the manifest."""
+    tmp, t, s = release_inputs
+    out = tmp / "rechecked"
+    assert _release(tmp, t, s, out) == 0, capsys.readouterr().err
+    rc = json.loads((out / "manifest.json").read_text())["parity"]["recheck"]
+    assert rc["ran"] is True and rc["cases"] == 8 and rc["gating"] > 100
+    assert 0.0 <= rc["worst_ratio"] <= 1.0
+    assert "network parity re-run passed" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_forged_report_for_broken_networks_is_caught_by_the_recheck(
+    release_inputs, monkeypatch, capsys
+):
+    """The MindSpore networks computing something else (a leaky ReLU in place of ReLU) pass
+    a forged report but not the release's own re-run: nothing is written."""
+    import mindspore.nn as msnn
+
+    tmp, t, s = release_inputs
+    monkeypatch.setattr(msnn, "ReLU", lambda: msnn.LeakyReLU(0.2))
+    out = tmp / "forged"
+    assert _release(tmp, t, s, out) == 1
+    err = capsys.readouterr().err
+    assert "FAILED" in err and "net/" in err and "Traceback" not in err
+    assert not out.exists()

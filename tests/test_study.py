@@ -425,6 +425,8 @@ def test_study_end_to_end(finished, cache):
             run = json.loads((folder / "run.json").read_text())
             assert run["wall_s"] > 0 and run["threads"] == 1 and run["versions"]["torch"]
             assert run["machine"]["nproc"] and "irkd " in run["command"]
+            # named from the folder holding --results-dir (absolute here), not absolutely
+            assert f" R/tiny/runs/{run_id}/config.yaml --out " in run["command"]
             assert {"revision", "dirty"} <= set(run["git"])
             summary = json.loads((folder / "log_summary.json").read_text())
             assert [e["epoch"] for e in summary["epochs"]] == [1, 2]

@@ -9,7 +9,7 @@ from irkd.data.dataset import IMAGE_EXTENSIONS, LAYOUTS, IRSTDDataset, Sample
 from irkd.data.errors import DatasetError, MaskSizeWarning
 from irkd.data.io import read_gray, read_mask, write_png
 from irkd.data.loader import TrainBatches, iter_eval, split_train_val
-from irkd.data.stats import compute_mean_std, require_targets
+from irkd.data.stats import compute_mean_std, require_targets, verify_split
 from irkd.data.synth import synthesize
 from irkd.data.transforms import TrainAugment, crop_back, normalize, pad_to_multiple
 
@@ -29,6 +29,7 @@ __all__ = [
     "crop_back",
     "format_report",
     "require_targets",
+    "verify_split",
     "iter_eval",
     "normalize",
     "pad_to_multiple",

@@ -12,7 +12,7 @@ from irkd.data.dataset import IRSTDDataset
 from irkd.data.errors import DatasetError
 from irkd.data.io import read_gray, read_mask
 
-__all__ = ["compute_mean_std", "require_targets"]
+__all__ = ["compute_mean_std", "require_targets", "verify_split"]
 
 
 def require_targets(dataset: IRSTDDataset, ids: Sequence[str] | None = None) -> str:
@@ -42,6 +42,29 @@ def require_targets(dataset: IRSTDDataset, ids: Sequence[str] | None = None) -> 
         f"{len(ids)} masks holds a target pixel (check the mask files: `irkd data check "
         f"{dataset.root}`)"
     )
+
+
+def verify_split(dataset: IRSTDDataset, ids: Sequence[str] | None = None) -> tuple[int, int]:
+    """Decode every image and mask of a split once, so a broken file fails at start.
+
+    Training and evaluation call this before anything is written: a corrupt test mask
+    otherwise surfaces after hours of training, in the final report.
+
+    Args:
+        dataset: The split.
+        ids: Restrict to these ids.
+
+    Returns:
+        The largest image height and width of the split (for the crop size check).
+
+    Raises:
+        DatasetError: Naming the file that cannot be read.
+    """
+    top_h = top_w = 0
+    for id_ in dataset.ids if ids is None else ids:
+        sample = dataset.load(id_)
+        top_h, top_w = max(top_h, sample.image.shape[0]), max(top_w, sample.image.shape[1])
+    return top_h, top_w
 
 
 def compute_mean_std(

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from irkd.engine import read_jsonl
 from irkd.reports import to_jsonable, write_text_atomic
 
@@ -239,13 +241,29 @@ def sync_run(
             for lch in launches
         ],
     }
-    _write_if_changed(dest / "config.yaml", (run_dir / "config.yaml").read_text(encoding="utf-8"))
+    _write_if_changed(dest / "config.yaml", portable_config(run_dir / "config.yaml"))
     _write_if_changed(dest / "metrics.json", _dump(metrics))
     _write_if_changed(
         dest / "log_summary.json", _dump(log_summary(read_jsonl(run_dir / "log.jsonl")))
     )
     _write_if_changed(dest / "run.json", _dump(run))
     return True
+
+
+def portable_config(path: Path) -> str:
+    """A run folder's config.yaml for the results: ``data.root`` relative to the current folder.
+
+    A run folder stores ``data.root`` absolute (it must resume from anywhere); the committed
+    copy names it from the folder the study runs in (the repository root), as the study's own
+    configs do, so that the reproduce command works on another machine.
+    """
+    text = path.read_text(encoding="utf-8")
+    data = yaml.safe_load(text)
+    root = (data.get("data") or {}).get("root") if isinstance(data, dict) else None
+    if not isinstance(root, str) or not os.path.isabs(root):
+        return text
+    data["data"]["root"] = os.path.relpath(root, Path.cwd())
+    return yaml.safe_dump(data, sort_keys=False)
 
 
 def reproduce_command(mode: str, config: Path, out: Path, threads: int, backend: str) -> str:

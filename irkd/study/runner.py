@@ -223,9 +223,12 @@ class StudyRunner:
     def sync(self, run: RunSpec) -> bool:
         """Copy a finished run's committed files into ``results/<study>/runs/<id>``."""
         dest = self.results / "runs" / run.id
+        # Named from the folder that holds RESULTS_DIR (the repository root by default), so
+        # the command reads the same wherever the study ran from.
+        shown = dest.relative_to(Path(self.opts.results_dir).parent) / "config.yaml"
         cmd = reproduce_command(
             run.mode,
-            dest / "config.yaml",
+            shown,
             self.run_dir(run.id),
             self.study.threads,
             run.cfg.backend,
