@@ -105,6 +105,14 @@ see; training keeps the raw student.
 Resume (``resume=True``) restarts at the epoch after the last checkpoint; on CPU it reproduces
 an uninterrupted run bit for bit (measured by ``tests/test_train_ms.py``: weights, optimizer
 state and losses identical; same machine and thread count).
+
+Data parallel (``msrun --worker_num=N --local_worker_num=N irkd train|distill ... --out RUN``,
+contract in :mod:`irkd.dist`, communication in :mod:`ms_impl.dist`): :func:`run` calls
+``mindspore.communication.init()``, each rank trains on its B/N images of every global
+batch, the compiled step averages the gradients with ``nn.DistributedGradReducer`` before
+the optimizer and guards the update with the all-reduced loss, SoftIoU's sums are
+all-reduced inside the step, the logged values are the ranks' mean, and only rank 0 writes
+the run folder.
 """
 
 from __future__ import annotations

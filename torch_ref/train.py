@@ -33,6 +33,12 @@ test report) see; training keeps the raw student.
 
 Resume (``resume=True``) restarts at the epoch after the last checkpoint and reproduces an
 uninterrupted run bit for bit (same machine, same thread count).
+
+Data parallel (``torchrun --nproc_per_node=N irkd train|distill ... --out RUN``, contract in
+:mod:`irkd.dist`, communication in :mod:`torch_ref.dist`): :func:`run` joins the process
+group, each rank trains on its B/N images of every global batch through
+``DistributedDataParallel(TrainNet)`` (gradients averaged, SoftIoU's sums all-reduced), the
+logged values are the ranks' mean, and only rank 0 writes the run folder.
 """
 
 from __future__ import annotations
