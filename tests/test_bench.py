@@ -33,10 +33,17 @@ def test_bench_steps_reports_first_step_apart(tmp_path):
         seen.append(("teacher-file", network))
 
     rows = bench_steps(
-        {"fake": timer}, {"fake": writer}, teacher="a", student="b", batch=2, size=32, steps=4
+        {"fake": timer},
+        {"fake": writer},
+        teacher="dnanet_xs",
+        student="dnanet_xxs",
+        batch=2,
+        size=32,
+        steps=4,
     )
-    assert seen[0] == ("teacher-file", "a")
-    assert [s[0] for s in seen[1:]] == ["a", "b", "b"] and seen[1][1] == (2, 1, 32, 32)
+    assert seen[0] == ("teacher-file", "dnanet_xs")
+    assert [s[0] for s in seen[1:]] == ["dnanet_xs", "dnanet_xxs", "dnanet_xxs"]
+    assert seen[1][1] == (2, 1, 32, 32)
     r = rows[0]
     assert r["first_s"] == 10.0 and r["median_s"] == 2.0 and r["p90_s"] == 3.0
     assert r["images_per_s"] == pytest.approx(1.0)
