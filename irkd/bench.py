@@ -26,6 +26,7 @@ __all__ = [
     "release_latency",
     "bench_latency",
     "bench_steps",
+    "format_contention",
     "format_latency",
     "format_steps",
     "step_configs",
@@ -96,7 +97,9 @@ def bench_steps(
 
     Returns:
         One row per (backend, configuration): ``first_s``, ``median_s``, ``p90_s``,
-        ``images_per_s`` (from the median), ``steps``, ``batch``, ``size``.
+        ``images_per_s`` (from the median), ``steps``, ``batch``, ``size``, ``load`` (the
+        1/5/15-minute load averages before and after: this figure's machine load) and
+        ``omp_wait_policy``.
     """
     if steps < 2:
         raise ValueError("steps must be >= 2 (the first step is reported apart)")
@@ -111,6 +114,7 @@ def bench_steps(
             for i, (label, cfg) in enumerate(step_configs(teacher, student, path, **kwargs)):
                 if only is not None and i != only:
                     continue
+                load_before = [round(v, 2) for v in os.getloadavg()]
                 times = timer(cfg, images, masks, steps)
                 rest = sorted(times[1:])
                 med = statistics.median(rest)
@@ -126,6 +130,8 @@ def bench_steps(
                         "steps": steps,
                         "batch": batch,
                         "size": size,
+                        "load": [load_before, [round(v, 2) for v in os.getloadavg()]],
+                        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
                     }
                 )
     return rows
@@ -139,6 +145,28 @@ def format_steps(rows: Sequence[dict[str, Any]]) -> str:
         lines.append(
             f"{r['backend']:<10} {r['run']:<44} {r['first_s']:>8.2f} {r['median_s']:>9.3f} "
             f"{r['p90_s']:>7.3f} {r['images_per_s']:>7.1f}"
+        )
+    return "\n".join(lines)
+
+
+def format_contention(rows: Sequence[dict[str, Any]]) -> str:
+    """Quiet against busy step times per (backend, run): the slowdown one busy process adds."""
+    head = (
+        f"{'backend':<10} {'run':<44} {'quiet s':>8} {'busy s':>8} {'busy/quiet':>10} "
+        f"{'load quiet':>10} {'load busy':>10}"
+    )
+    lines = [head, "-" * len(head)]
+    keyed: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
+    for r in rows:
+        keyed.setdefault((r["backend"], r["run"]), {})[r.get("condition", "quiet")] = r
+    for (backend, run), c in keyed.items():
+        q, b = c.get("quiet"), c.get("busy")
+        if not q or not b:
+            continue
+        lines.append(
+            f"{backend:<10} {run:<44} {q['median_s']:>8.3f} {b['median_s']:>8.3f} "
+            f"{b['median_s'] / q['median_s']:>9.2f}x {q['load'][0][0]:>10.2f} "
+            f"{b['load'][0][0]:>10.2f}"
         )
     return "\n".join(lines)
 

@@ -272,13 +272,32 @@ def _cmd_bench_steps(args: argparse.Namespace) -> int:
         # One process per (backend, run): memory MindSpore keeps (compiled graphs, pools)
         # would otherwise add up over the runs, and no run slows the next.
         rows = []
+        env = dict(os.environ)
+        if args.omp_wait_policy:
+            env["OMP_WAIT_POLICY"] = args.omp_wait_policy
+        conditions = ["quiet", "busy"] if args.contention else ["quiet"]
+        runs = range(3) if args.run is None else [args.run]
         with tempfile.TemporaryDirectory(prefix="irkd-steps-") as tmp:
             for b in backends:
-                for i in range(3):
-                    out = Path(tmp) / f"{b}-{i}.json"
-                    cmd = [sys.executable, "-m", "irkd.cli", *_bench_argv(args, b, i, out)]
-                    subprocess.run(cmd, check=True)
-                    rows += json.loads(out.read_text())["rows"]
+                for i in runs:
+                    for cond in conditions:
+                        out = Path(tmp) / f"{b}-{i}-{cond}.json"
+                        cmd = [sys.executable, "-m", "irkd.cli", *_bench_argv(args, b, i, out)]
+                        # --contention: one busy process of our own next to the step (a
+                        # spinning interpreter), so that the figure is reproducible
+                        spin = (
+                            subprocess.Popen([sys.executable, "-c", "while True: pass"])
+                            if cond == "busy"
+                            else None
+                        )
+                        try:
+                            subprocess.run(cmd, check=True, env=env)
+                        finally:
+                            if spin is not None:
+                                spin.kill()
+                                spin.wait()
+                        for r in json.loads(out.read_text())["rows"]:
+                            rows.append({**r, "condition": cond})
     else:
         if args.backend == "pytorch":
             from torch_ref import bench as tb
@@ -304,6 +323,11 @@ def _cmd_bench_steps(args: argparse.Namespace) -> int:
         )
     if args.only is None:
         print(format_steps(rows))
+        if args.contention:
+            from irkd.bench import format_contention
+
+            print("\none busy process next to the step (--contention):")
+            print(format_contention(rows))
     if args.out:
         from irkd.reports import write_json_atomic
 
@@ -467,6 +491,112 @@ def _cmd_bench_latency(args: argparse.Namespace) -> int:
 
         write_json_atomic(Path(args.out), result)
         print(f"written: {args.out}")
+    return EXIT_OK
+
+
+def _cmd_bench_pareto(args: argparse.Namespace) -> int:
+    import json
+    import subprocess
+    import tempfile
+
+    from irkd.reports import write_json_atomic
+
+    if args.part:
+        spec = json.loads(Path(args.spec).read_text(encoding="utf-8"))
+        say = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
+        if args.part == "jetson":
+            from deploy_jetson.optimize import pareto_part
+        else:
+            from deploy_ascend.fold import pareto_part
+        with tempfile.TemporaryDirectory(prefix="irkd-pareto-") as tmp:
+            write_json_atomic(Path(args.part_out), pareto_part(spec, Path(tmp), say))
+        return EXIT_OK
+
+    from irkd import pareto
+    from irkd.release import model_info
+
+    models = pareto.study_models(args.results, args.dataset, args.runs_dir)
+    nets: dict[str, str | None] = {}
+    for m in models:
+        nets.setdefault(m.network, m.weights)
+    measured = [m for m in models if m.label in args.eval_rows.split(",") and m.weights]
+
+    def item(m: pareto.StudyModel, evaluate: bool) -> dict:
+        info = model_info(m.label, m.weights)
+        return {
+            "label": m.label,
+            "network": m.network,
+            "weights": m.weights,
+            "data": args.data or info.data_root,
+            "mean": info.mean,
+            "std": info.std,
+            "multiple": info.multiple,
+            "eval": evaluate,
+        }
+
+    int8 = [item(m, not args.no_eval) for m in measured]
+    if not args.no_int8 and models[0].weights:
+        int8.insert(0, item(models[0], False))  # the teacher's INT8 latency, not its IoU
+    common = {"networks": nets, "rounds": args.rounds, "warmup": args.warmup}
+    specs = {
+        "jetson": {
+            **common,
+            "threads": args.threads,
+            "sweep": not args.no_sweep,
+            "int8": [] if args.no_int8 else int8,
+            "calibration": {"method": args.calibration, "op_types": args.int8_ops.split(",")},
+        },
+        "ascend": {
+            **common,
+            "fold_eval": [] if args.no_eval else [item(m, True) for m in measured],
+        },
+    }
+    parts = {}
+    out_dir = Path(args.out)
+    for backend in args.backends.split(","):
+        # each part in a process of its own (MindSpore's ONEDNN_MAX_CPU_ISA slows PyTorch),
+        # kept under OUT/parts/ so that --reuse-parts re-reports without re-measuring
+        spec_path = out_dir / "parts" / f"{backend}-spec.json"
+        out = out_dir / "parts" / f"{backend}.json"
+        if not (args.reuse_parts and out.is_file()):
+            write_json_atomic(spec_path, specs[backend])
+            cmd = [sys.executable, "-m", "irkd.cli", "bench", "pareto", "--part", backend,
+                   "--spec", str(spec_path), "--part-out", str(out)]  # fmt: skip
+            subprocess.run(cmd, check=True)
+        parts[backend] = json.loads(out.read_text(encoding="utf-8"))
+    latency = {rt: v for p in parts.values() for rt, v in p["latency"].items()}
+    accuracy = {rt: v for p in parts.values() for rt, v in p["accuracy"].items()}
+    sweep_keys = [rt for rt in latency if "[" in rt]
+    main = {rt: v for rt, v in latency.items() if "[" not in rt}
+    rows = pareto.pareto_rows(models, main, accuracy)
+    result = {
+        "kind": "irkd-bench-pareto",
+        "dataset": args.dataset,
+        "results": str(args.results),
+        "models": pareto.model_dicts(models),
+        "rows": rows,
+        "verdict": pareto.verdicts(rows),
+        "accuracy": accuracy,
+        "latency": latency,
+        "load": {b: [p["load_before"], p["load_after"]] for b, p in parts.items()},
+        "checks": {b: p["checks"] for b, p in parts.items()},
+        "rounds": args.rounds,
+        "shape": [1, 1, 256, 256],
+        "nproc": os.cpu_count(),
+    }
+    if sweep_keys:
+        result["sweep"] = {
+            "columns": [k[len("onnxruntime-cpu") :] for k in sweep_keys],
+            "rows": {n: [latency[k][n]["median_ms"] for k in sweep_keys] for n in nets},
+        }
+    text = pareto.format_pareto(result)
+    print(text)
+    write_json_atomic(out_dir / "pareto.json", result)
+    from irkd.reports import write_text_atomic
+
+    write_text_atomic(out_dir / "pareto.md", text + "\n")
+    pareto.plot_pareto(result, out_dir / "pareto.png")
+    print(f"written: {out_dir}/pareto.json, pareto.md, pareto.png")
     return EXIT_OK
 
 
@@ -961,6 +1091,19 @@ def build_parser() -> argparse.ArgumentParser:
     steps.add_argument("--pynative", action="store_true", help="MindSpore PyNative, not GRAPH")
     steps.add_argument("--out", help="JSON file for the rows")
     steps.add_argument("--only", type=int, choices=[0, 1, 2], help=argparse.SUPPRESS)
+    steps.add_argument(
+        "--run", type=int, choices=[0, 1, 2], help="one run only: 0 teacher, 1 student, 2 distill"
+    )
+    steps.add_argument(
+        "--contention",
+        action="store_true",
+        help="time each run twice: alone, then next to one busy process (a spinning loop)",
+    )
+    steps.add_argument(
+        "--omp-wait-policy",
+        choices=["PASSIVE", "ACTIVE"],
+        help="OMP_WAIT_POLICY of the timed processes (default: irkd's, PASSIVE)",
+    )
     steps.set_defaults(func=_cmd_bench_steps)
     lat = bsub.add_parser(
         "latency",
@@ -982,6 +1125,39 @@ def build_parser() -> argparse.ArgumentParser:
     lat.add_argument("--runs", type=int, default=50)
     lat.add_argument("--out", help="JSON file")
     lat.set_defaults(func=_cmd_bench_latency)
+    par_ = bsub.add_parser(
+        "pareto",
+        help="latency (batch 1) against test IoU of a study's teacher and students, "
+        "with BatchNorm folding and INT8",
+    )
+    par_.add_argument("--results", default="results/cpu", help="study results folder")
+    par_.add_argument("--dataset", default="nudt", help="dataset key of the study")
+    par_.add_argument(
+        "--runs-dir", default="runs/study/cpu", help="the study's run folders (weights)"
+    )
+    par_.add_argument("--data", help="dataset folder (default: the one in the weights)")
+    par_.add_argument(
+        "--eval-rows", default="msa_awmse", help="rows whose INT8/BN-folded IoU is measured"
+    )
+    par_.add_argument("--backends", default="jetson,ascend", help="parts to run (subprocesses)")
+    par_.add_argument("--rounds", type=int, default=20, help="timed rounds (interleaved)")
+    par_.add_argument("--warmup", type=int, default=3)
+    par_.add_argument("--threads", type=int, default=0, help="intra-op threads (0: default)")
+    par_.add_argument("--no-int8", action="store_true", help="skip INT8 quantization")
+    par_.add_argument("--no-eval", action="store_true", help="skip the variants' test IoU")
+    par_.add_argument("--no-sweep", action="store_true", help="skip the onnxruntime sweep")
+    par_.add_argument(
+        "--calibration", default="minmax", choices=["minmax", "entropy", "percentile"]
+    )
+    par_.add_argument("--int8-ops", default="Conv", help="operator types quantized to INT8")
+    par_.add_argument("--out", default="runs/bench/pareto", help="folder for the outputs")
+    par_.add_argument(
+        "--reuse-parts", action="store_true", help="reuse OUT/parts/*.json measured before"
+    )
+    par_.add_argument("--part", choices=["jetson", "ascend"], help=argparse.SUPPRESS)
+    par_.add_argument("--spec", help=argparse.SUPPRESS)
+    par_.add_argument("--part-out", help=argparse.SUPPRESS)
+    par_.set_defaults(func=_cmd_bench_pareto)
 
     exp = sub.add_parser(
         "export", help="gated export of one network: MindIR (Ascend) and/or ONNX (Jetson)"

@@ -101,3 +101,16 @@ def test_cli_bench_latency_real_runtimes_tiny(tmp_path, capsys):
         assert all(v["median_ms"] > 0 for v in nets.values()), runtime
         assert res["speedup"][runtime]["dnanet_xxs"] > 0
     assert "median ms" in capsys.readouterr().out
+
+
+def test_format_contention_pairs_quiet_and_busy():
+    from irkd.bench import format_contention
+
+    def row(cond: str, med: float, load: float) -> dict:
+        return {"backend": "pytorch", "run": "student x", "condition": cond, "median_s": med,
+                "load": [[load, 0.0, 0.0], [load, 0.0, 0.0]]}  # fmt: skip
+
+    text = format_contention([row("quiet", 0.2, 1.0), row("busy", 0.3, 2.0)])
+    line = text.splitlines()[-1]
+    assert "student x" in line and "1.50x" in line and "2.00" in line
+    assert len(format_contention([row("quiet", 0.2, 1.0)]).splitlines()) == 2  # no pair
