@@ -706,12 +706,15 @@ def _cmd_study(args: argparse.Namespace) -> int:
 
     if args.workers < 1:
         raise ValueError(f"--workers must be >= 1, got {args.workers}")
+    if args.nproc_per_run < 1:
+        raise ValueError(f"--nproc-per-run must be >= 1, got {args.nproc_per_run}")
     try:
         study = load_study(args.study)
         runner = StudyRunner(
             study,
             Options(
                 workers=args.workers,
+                nproc_per_run=args.nproc_per_run,
                 only=list(args.only or []),
                 runs_dir=Path(args.runs_dir),
                 results_dir=Path(args.results_dir),
@@ -1012,6 +1015,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     st.add_argument("study", help="study YAML (docs/study.md)")
     st.add_argument("--workers", type=int, default=1, help="runs side by side (default 1)")
+    st.add_argument(
+        "--nproc-per-run",
+        type=int,
+        default=1,
+        help="processes of each run, data-parallel through torchrun / msrun (default 1)",
+    )
     st.add_argument(
         "--only",
         action="append",

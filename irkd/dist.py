@@ -40,15 +40,21 @@ the launcher put in the environment and defines the contract both backends keep:
   collective for a peer that has gone fails instead of waiting forever.
 
 API: :class:`World` (rank, size, barrier), :func:`launcher_env` (what torchrun / msrun /
-ModelArts set), :func:`per_rank_batch`, :class:`ShardedBatches`, :func:`shard_noise`,
+ModelArts set), :func:`launch_command` (the launcher command line that starts ``irkd``
+data-parallel: used by ``irkd study --nproc-per-run`` and the ModelArts boot file),
+:func:`per_rank_batch`, :class:`ShardedBatches`, :func:`shard_noise`,
 :func:`check_supported`.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator, Mapping
+import shutil
+import socket
+import sys
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -59,6 +65,8 @@ __all__ = [
     "ShardedBatches",
     "World",
     "check_supported",
+    "free_port",
+    "launch_command",
     "launcher_env",
     "per_rank_batch",
     "shard_noise",
@@ -238,3 +246,61 @@ def shard_noise(
     full = draw(per_rank * size)
     lo, hi = rank * per_rank, (rank + 1) * per_rank
     return tuple(a if a.ndim == 0 else np.ascontiguousarray(a[lo:hi]) for a in full)
+
+
+def free_port() -> int:
+    """A TCP port free on this machine now (for a launcher's rendezvous)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def launch_command(
+    backend: str,
+    nproc: int,
+    cli_args: Sequence[str],
+    *,
+    log_dir: str | os.PathLike[str],
+    port: int,
+    nnodes: int = 1,
+    node_rank: int = 0,
+    master: str = "127.0.0.1",
+) -> list[str]:
+    """The command that runs ``irkd CLI_ARGS`` in ``nproc`` processes on this node.
+
+    Args:
+        backend: ``pytorch`` (``torchrun``, as ``python -m torch.distributed.run``) or
+            ``mindspore`` (``msrun``, which runs the ``irkd`` console script).
+        nproc: Processes on this node (1: plain ``python -m irkd.cli``).
+        cli_args: The ``irkd`` arguments (``train CONFIG ... --out RUN``).
+        log_dir: msrun's folder of per-worker logs (``worker_<rank>.log``).
+        port: The rendezvous port on ``master``.
+        nnodes: Nodes of the job.
+        node_rank: This node.
+        master: Address of node 0.
+
+    Returns:
+        The argument list.
+    """
+    cli = list(cli_args)
+    if nproc == 1 and nnodes == 1:
+        return [sys.executable, "-m", "irkd.cli", *cli]
+    if backend == "pytorch":
+        return [
+            sys.executable, "-m", "torch.distributed.run",
+            f"--nnodes={nnodes}", f"--node_rank={node_rank}", f"--nproc_per_node={nproc}",
+            f"--master_addr={master}", f"--master_port={port}",
+            "-m", "irkd.cli", *cli,
+        ]  # fmt: skip
+    entry = str(Path(sys.executable).with_name("irkd"))
+    if not Path(entry).is_file():
+        entry = shutil.which("irkd") or entry
+    msrun = str(Path(sys.executable).with_name("msrun"))
+    if not Path(msrun).is_file():
+        msrun = shutil.which("msrun") or "msrun"
+    return [
+        msrun, f"--worker_num={nproc * nnodes}", f"--local_worker_num={nproc}",
+        f"--master_addr={master}", f"--master_port={port}", f"--node_rank={node_rank}",
+        f"--log_dir={log_dir}", "--join=True",
+        entry, *cli,
+    ]  # fmt: skip

@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
-import shutil
 import subprocess
 import sys
 import time
@@ -43,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from irkd.config import ConfigError, load_config
+from irkd.dist import launch_command as dist_launch_command
 
 __all__ = ["Job", "is_remote", "launch_command", "main", "node_facts", "parse_job"]
 
@@ -303,31 +303,25 @@ def launch_command(
 
     Returns:
         ``[python, -m, irkd.cli, ...]`` for one process per node or a rank-table job,
-        else the backend's launcher (``msrun`` / ``torchrun``) around the CLI.
+        else the backend's launcher (``msrun`` / ``torchrun``) around the CLI
+        (:func:`irkd.dist.launch_command`).
     """
     launcher = job.launcher
     if launcher == "auto":
         one = node.per_device or (job.nproc_per_node == 1 and node.hosts == 1)
         launcher = "none" if one else ("msrun" if backend == "mindspore" else "torchrun")
-    cli = [sys.executable, "-m", "irkd.cli", *cli_args]
-    port = str(MASTER_PORT.get(backend, 29500))
-    n, h = job.nproc_per_node, node.hosts
     if launcher == "none":
-        return cli
-    if launcher == "torchrun":
-        return [
-            sys.executable, "-m", "torch.distributed.run",
-            f"--nnodes={h}", f"--node_rank={node.index}", f"--nproc_per_node={n}",
-            f"--master_addr={node.master}", f"--master_port={port}",
-            "-m", "irkd.cli", *cli_args,
-        ]  # fmt: skip
-    entry = shutil.which("irkd") or str(Path(sys.executable).with_name("irkd"))
-    return [
-        "msrun", f"--worker_num={n * h}", f"--local_worker_num={n}",
-        f"--master_addr={node.master}", f"--master_port={port}",
-        f"--node_rank={node.index}", f"--log_dir={log_dir}", "--join=True",
-        entry, *cli_args,
-    ]  # fmt: skip
+        return [sys.executable, "-m", "irkd.cli", *cli_args]
+    return dist_launch_command(
+        "mindspore" if launcher == "msrun" else "pytorch",
+        job.nproc_per_node,
+        cli_args,
+        log_dir=log_dir,
+        port=MASTER_PORT.get(backend, 29500),
+        nnodes=node.hosts,
+        node_rank=node.index,
+        master=node.master,
+    )
 
 
 def _run(cmd: Sequence[str], cwd: Path) -> int:

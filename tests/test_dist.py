@@ -349,9 +349,106 @@ def test_torchrun_failing_rank_stops_the_job(root, tmp_path):
     assert sorted(p.name for p in busy.iterdir()) == ["notes.txt"]
 
 
+FAIL_RANK_1 = """
+import os, sys
+sys.path.insert(0, {repo!r})
+import {module} as train
+if os.environ.get({rank_var!r}) == "1":  # rank 1 fails at its third step
+    real = train.{trainer}.step
+    def step(self, images, masks, step, *args, **kwargs):
+        if step == 2:
+            raise ValueError("injected failure on rank 1 at step 3")
+        return real(self, images, masks, step, *args, **kwargs)
+    train.{trainer}.step = step
+from irkd.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def _fail_script(tmp: Path, backend: str) -> Path:
+    path = tmp / f"fail_rank1_{backend}.py"
+    if backend == "pytorch":
+        fmt = {"module": "torch_ref.train", "trainer": "TorchTrainer", "rank_var": "RANK"}
+    else:
+        fmt = {"module": "ms_impl.train", "trainer": "MSTrainer", "rank_var": "RANK_ID"}
+    path.write_text(FAIL_RANK_1.format(repo=str(REPO), **fmt))
+    return path
+
+
+def test_torchrun_rank_1_failing_mid_run_stops_rank_0(root, tmp_path):
+    """Rank 1 raises in epoch 2 while rank 0 waits for its gradients: the job ends with rank
+    1's message, rank 0 does not hang, and epoch 1's checkpoint is the last one written."""
+    cfg = _config(tmp_path, root, "pytorch")
+    run = tmp_path / "run"
+    cmd = [
+        str(BIN / "torchrun"),
+        "--nproc_per_node=2",
+        f"--master_port={_port()}",
+        str(_fail_script(tmp_path, "pytorch")),
+        "train",
+        str(cfg),
+        "--out",
+        str(run),
+    ]
+    t0 = time.monotonic()
+    proc = subprocess.run(
+        cmd, cwd=REPO, env=_env("pytorch"), capture_output=True, text=True, timeout=600
+    )
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and time.monotonic() - t0 < 300, out[-3000:]
+    assert "irkd: error: injected failure on rank 1 at step 3" in out
+    state = json.loads((run / "checkpoints" / "last" / "state.json").read_text())
+    assert state["epoch"] == 1 and not (run / "metrics.json").exists()
+
+
+def test_study_runs_each_run_on_two_processes(tmp_path):
+    """irkd study --nproc-per-run 2: each run is started by torchrun, rank 0 writes it."""
+    import yaml
+
+    tiny = {
+        "seed": 0,
+        "backend": "pytorch",
+        "data": {"root": None, "synth_n": 12, "crop": 32, "batch_size": 2, "val_fraction": 0.2},
+        "model": {"name": STUDENT},
+        "optim": {"lr": 0.05},
+        "schedule": {"epochs": 1, "steps_per_epoch": 2},
+        "train": {"log_every": 1},
+    }
+    teacher = {**tiny, "name": "teacher", "method": {"name": "none"}}
+    student = {**tiny, "name": "student", "teacher": {"name": STUDENT}, "method": {"name": "none"}}
+    (tmp_path / "teacher.yaml").write_text(yaml.safe_dump(teacher))
+    (tmp_path / "student.yaml").write_text(yaml.safe_dump(student))
+    study = {
+        "name": "dp",
+        "threads": 1,
+        "datasets": {"syn": {"student": "student.yaml", "teacher": "teacher.yaml"}},
+        "seeds": [0],
+        "reference": "student",
+        "methods": {"student": {"overrides": ["method.name=none"]}},
+    }
+    (tmp_path / "study.yaml").write_text(yaml.safe_dump(study, sort_keys=False))
+    cmd = [sys.executable, "-m", "irkd.cli", "study", str(tmp_path / "study.yaml")]
+    cmd += ["--runs-dir", str(tmp_path / "W"), "--results-dir", str(tmp_path / "R")]
+    cmd += ["--cache", str(tmp_path / "cache"), "--nproc-per-run", "2"]
+    res = subprocess.run(
+        cmd, cwd=tmp_path, env=_env("pytorch"), capture_output=True, text=True, timeout=900
+    )
+    assert res.returncode == 0, (res.stdout + res.stderr)[-3000:]
+    # the student alone has the teacher's config here: one shared run
+    runs = [p for p in (tmp_path / "W" / "dp").iterdir() if p.name.startswith("syn-")]
+    assert len(runs) == 1
+    launch = json.loads((runs[0] / "study-run.json").read_text())["launches"][-1]
+    assert launch["processes"] == 2 and "torch.distributed.run" in launch["command"]
+    log = (runs[0] / "study.log").read_text()
+    assert "on pytorch (2 processes, torchrun)" in log
+    assert (runs[0] / "metrics.json").is_file()
+    assert (tmp_path / "R" / "dp" / "table.json").is_file()
+
+
 # ----------------------------------------------------------------------------- MindSpore
 
 
+@pytest.mark.timeout(1500)  # 3 MindSpore compilations on a shared 2-core machine
 @pytest.mark.parametrize("mode", ["train", "distill"])
 def test_msrun_two_processes_equal_one(root, teacher_ckpt, tmp_path, mode):
     """msrun 2 workers x batch 2 = 1 process x batch 4, GRAPH_MODE (BatchNorm frozen)."""
@@ -373,6 +470,7 @@ def test_msrun_two_processes_equal_one(root, teacher_ckpt, tmp_path, mode):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1500)
 def test_msrun_failing_rank_stops_the_job(root, tmp_path):
     """msrun stops worker 1 once worker 0 has failed (about 50 s here: its polling)."""
     cfg = _config(tmp_path, root, "mindspore")
@@ -385,6 +483,7 @@ def test_msrun_failing_rank_stops_the_job(root, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1500)
 def test_msrun_two_processes_resume_exactly(root, tmp_path):
     over = {"schedule": {"epochs": 2, "steps_per_epoch": 2, "scheduler": "constant"}}
     cfg = _config(tmp_path, root, "mindspore", **over)
@@ -398,3 +497,34 @@ def test_msrun_two_processes_resume_exactly(root, tmp_path):
     for k in a:
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
     assert _losses(straight) == _losses(cut)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1500)
+def test_msrun_rank_1_failing_mid_run_stops_rank_0(root, tmp_path):
+    cfg = _config(tmp_path, root, "mindspore")
+    run, logs = tmp_path / "run", tmp_path / "logs"
+    cmd = [
+        str(BIN / "msrun"),
+        "--worker_num=2",
+        "--local_worker_num=2",
+        f"--master_port={_port()}",
+        f"--log_dir={logs}",
+        "--join=True",
+        str(_fail_script(tmp_path, "mindspore")),
+        "train",
+        str(cfg),
+        "--out",
+        str(run),
+    ]
+    t0 = time.monotonic()
+    proc = subprocess.run(
+        cmd, cwd=REPO, env=_env("mindspore"), capture_output=True, text=True, timeout=900
+    )
+    wall = time.monotonic() - t0
+    worker1 = (logs / "worker_1.log").read_text(errors="replace")
+    print(f"\nmsrun: rank 1 failed, job ended after {wall:.0f} s (rc {proc.returncode})")
+    assert proc.returncode != 0 and wall < 600
+    assert "irkd: error: injected failure on rank 1 at step 3" in worker1
+    state = json.loads((run / "checkpoints" / "last" / "state.json").read_text())
+    assert state["epoch"] == 1 and not (run / "metrics.json").exists()

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from irkd.config import save_config
+from irkd.dist import free_port, launch_command
 from irkd.engine import resolve_dataset
 from irkd.reports import write_json_atomic, write_text_atomic
 from irkd.study.plan import Plan, RunSpec, build_plan, validate_study
@@ -57,6 +58,9 @@ class Options:
 
     Attributes:
         workers: Runs side by side.
+        nproc_per_run: Processes of each run: above 1, every run is data-parallel through
+            its backend's launcher (``torchrun`` / ``msrun``, :func:`irkd.dist.launch_command`;
+            the config's ``data.batch_size`` is the global batch, split over them).
         only: fnmatch patterns on run ids (empty: every run).
         runs_dir: Parent of ``<study name>/<run id>/`` (weights, checkpoints).
         results_dir: Parent of ``<study name>/`` (the committed results).
@@ -65,6 +69,7 @@ class Options:
     """
 
     workers: int = 1
+    nproc_per_run: int = 1
     only: list[str] = field(default_factory=list)
     runs_dir: Path = Path("runs/study")
     results_dir: Path = Path("results")
@@ -318,10 +323,22 @@ class StudyRunner:
         save_config(run.cfg, cfg_file)
         cmd = [sys.executable, "-m", "irkd.cli", run.mode, str(cfg_file), "--out", str(folder)]
         cmd += ["--cache", str(self.opts.cache)] + (["--resume"] if resume else [])
+        nproc = max(1, self.opts.nproc_per_run)
+        if nproc > 1:  # data parallel: the backend's launcher starts the run's processes
+            cmd = launch_command(
+                run.cfg.backend, nproc, cmd[3:], log_dir=folder / "launcher", port=free_port()
+            )
         launches = (read_json(folder / LAUNCHES) or {}).get("launches") or []
         facts = launch_facts(run.cfg.backend, self.study.threads, git_facts(REPO, self.results))
         launches.append(
-            {**facts, "resume": resume, "from_epoch": st.epoch, "command": cmd, "rc": None}
+            {
+                **facts,
+                "processes": nproc,
+                "resume": resume,
+                "from_epoch": st.epoch,
+                "command": cmd,
+                "rc": None,
+            }
         )
         write_json_atomic(folder / LAUNCHES, {"id": run.id, "launches": launches})
         child = spawn(run.id, cmd, self._env(run), folder / LOG_NAME)
