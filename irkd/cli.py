@@ -668,6 +668,13 @@ def _run_training(args: argparse.Namespace, mode: str) -> int:
     from irkd.dist import launcher_env
 
     launch = launcher_env(cfg.backend)  # torchrun / msrun: data parallel (irkd.dist)
+    other = "mindspore" if cfg.backend == "pytorch" else "pytorch"
+    if launch.size == 1 and launcher_env(other).size > 1:
+        wrong, right = ("torchrun", "msrun") if other == "pytorch" else ("msrun", "torchrun")
+        raise ValueError(
+            f"backend {cfg.backend} was started by {wrong}: launch {cfg.backend} runs with "
+            f"{right}, or set backend={other}"
+        )
     if launch.size > 1 and not args.out:
         raise ValueError(
             f"a data-parallel run ({launch.size} processes) needs --out RUN_DIR: every "

@@ -243,6 +243,15 @@ def test_data_parallel_cli_needs_out(root, tmp_path, monkeypatch, capsys):
     assert main(["train", str(_config(tmp_path, root, "pytorch"))]) != 0
     err = capsys.readouterr().err.strip().splitlines()
     assert err and "data-parallel run (2 processes) needs --out" in err[-1]
+    # torchrun's variables around a MindSpore config: refused, not N one-process runs
+    cfg = str(_config(tmp_path, root, "mindspore"))
+    assert main(["train", cfg, "--out", str(tmp_path / "r")]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == (
+        "irkd: error: backend mindspore was started by torchrun: launch mindspore runs with "
+        "msrun, or set backend=pytorch"
+    )
+    assert not (tmp_path / "r").exists()
 
 
 # ----------------------------------------------------------------------------- PyTorch
