@@ -20,7 +20,7 @@ from mindspore import nn
 import ms_impl  # noqa: F401  (sets ONEDNN_MAX_CPU_ISA before MindSpore's first convolution)
 from deploy_ascend.mindir_export import load_mindir
 from irkd.bench import latency_summary
-from ms_impl.predict import context_mode
+from ms_impl.runtime import context_mode
 
 __all__ = ["eager_latency", "mindir_latency", "summarize"]
 

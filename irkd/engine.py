@@ -1261,9 +1261,10 @@ def restore_checkpoint(
 
     ``checkpoints/last`` first, then the kept ``checkpoints/epoch_NNNN`` (``train.keep_last``
     > 1), newest first. A checkpoint that cannot be read (a truncated ``state.json``, a
-    corrupt weights or optimizer file) is skipped with a message and, with ``move_broken``,
-    moved aside to ``checkpoints/broken-<name>-<time>`` (kept, never deleted; the next
-    checkpoint would otherwise treat it as the run's latest).
+    corrupt weights or optimizer file) is skipped with a message; once an older one loads,
+    the skipped ones are moved aside (``move_broken``) to ``checkpoints/broken-<name>-<time>``
+    (kept, never deleted; the next checkpoint would otherwise treat one as the run's latest).
+    A config that does not fit a readable checkpoint (``ConfigError``) is raised as it is.
 
     Raises:
         FileNotFoundError: No checkpoint at all.
@@ -1273,27 +1274,31 @@ def restore_checkpoint(
     candidates = ([rd.last] if rd.last.is_dir() else []) + kept
     if not candidates:
         rd.read_state()  # raises FileNotFoundError naming the folder
-    broken: list[str] = []
+    broken: list[tuple[Path, str]] = []
     for folder in candidates:
         try:
             data = json.loads((folder / RunDir.STATE).read_text(encoding="utf-8"))
             state = TrainState.from_json(data)
             trainer.read(folder)
+        except ConfigError:
+            raise  # the checkpoint is fine, the config does not fit it (e.g. train.ema)
         except Exception as exc:  # noqa: BLE001 - any unreadable file: try the next one
-            reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-            broken.append(f"{folder.name} ({reason[:160]})")
-            say(f"checkpoint {folder} cannot be read ({reason[:160]}); trying an older one")
-            if move_broken:
-                aside = rd.checkpoints / f"broken-{folder.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-                with contextlib.suppress(OSError):
-                    folder.rename(aside)
-                    say(f"moved it aside to {aside} (kept, not deleted)")
+            text = str(exc).splitlines()[0] if str(exc) else ""
+            reason = f"{type(exc).__name__}: {text}"[:160]
+            broken.append((folder, reason))
+            say(f"checkpoint {folder} cannot be read ({reason}); trying an older one")
             continue
+        for bad, _ in broken if move_broken else []:
+            aside = rd.checkpoints / f"broken-{bad.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+            with contextlib.suppress(OSError):
+                bad.rename(aside)
+                say(f"moved {bad} aside to {aside} (kept, not deleted)")
         if broken:
             say(f"resuming from {folder} (epoch {state.epoch}) instead of the unreadable one")
         return state, folder
+    shown = "; ".join(f"{f.name} ({r})" for f, r in broken)
     raise RunFolderError(
-        f"--resume: no checkpoint in {rd.checkpoints} can be read: {'; '.join(broken)}; "
+        f"--resume: no checkpoint in {rd.checkpoints} can be read: {shown}; "
         "start a fresh run in another --out folder"
     )
 

@@ -14,7 +14,7 @@ import numpy as np
 from irkd.config import ExperimentConfig
 from ms_impl.models import create_model
 from ms_impl.train import MSTrainer
-from ms_impl.weights import save_neutral_ms
+from ms_impl.weights import save_neutral_net
 
 __all__ = ["step_times", "write_random_weights"]
 
@@ -22,7 +22,7 @@ __all__ = ["step_times", "write_random_weights"]
 def write_random_weights(network: str, path: str | os.PathLike[str], seed: int = 0) -> None:
     """Seeded random weights of a registered network, as a neutral file."""
     ms.set_seed(seed)
-    save_neutral_ms(create_model(network), path, name=network)
+    save_neutral_net(create_model(network), path, name=network)
 
 
 def step_times(

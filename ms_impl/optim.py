@@ -1,7 +1,7 @@
 """Optimizers that agree with PyTorch, a per-step learning rate, and optimizer state files.
 
 Which optimizer (``cfg.optim.name``), MindSpore side against the PyTorch twin
-(``torch_ref.train.build_optimizer``):
+(``torch_ref.optim.build_optimizer``):
 
 =========  ===========================================  =================================
 name       MindSpore                                    PyTorch

@@ -22,7 +22,6 @@ train step compiled before stays valid.
 
 from __future__ import annotations
 
-import contextlib
 import os
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -37,11 +36,11 @@ from irkd.data import IRSTDDataset
 from irkd.engine import predict_split
 from irkd.weights import WeightsError, extra_metadata, load_neutral, wrong_network
 from ms_impl.models import create_model
-from ms_impl.weights import load_neutral_ms, read_ckpt
+from ms_impl.runtime import context_mode
+from ms_impl.weights import load_neutral_net, read_ckpt
 
 __all__ = [
     "Mode",
-    "context_mode",
     "forward_fn",
     "load_network",
     "load_weights",
@@ -49,29 +48,6 @@ __all__ = [
     "read_weights",
     "teacher_msa_maps",
 ]
-
-
-@contextlib.contextmanager
-def context_mode(mode: Literal["graph", "pynative"] | None) -> Iterator[None]:
-    """Run a block in GRAPH_MODE or PYNATIVE_MODE and restore the previous mode after.
-
-    ``None`` keeps the current mode. Graphs compiled before (``ms.jit`` train steps) stay
-    valid across the switch.
-    """
-    if mode is None:
-        yield
-        return
-    if mode not in ("graph", "pynative"):
-        raise ValueError(f"mode must be 'graph', 'pynative' or None, got {mode!r}")
-    before = ms.get_context("mode")
-    want = ms.GRAPH_MODE if mode == "graph" else ms.PYNATIVE_MODE
-    if before != want:
-        ms.set_context(mode=want)
-    try:
-        yield
-    finally:
-        if before != want:
-            ms.set_context(mode=before)
 
 
 def read_weights(path: str | os.PathLike[str]) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
@@ -133,7 +109,7 @@ def load_weights(
             ".safetensors or .ckpt; convert a PyTorch .pt with `irkd weights convert SRC "
             "DST.safetensors --network NAME`)"
         )
-    load_neutral_ms(net, arrays, network=label)
+    load_neutral_net(net, arrays, network=label)
     return info
 
 
@@ -176,7 +152,7 @@ def load_network(
     net = create_model(name, **{**stored, **kwargs})
     if arrays is not None:
         try:
-            load_neutral_ms(net, arrays, network=f"{name} ({Path(weights).name})")
+            load_neutral_net(net, arrays, network=f"{name} ({Path(weights).name})")
         except WeightsError:
             if other is None:
                 raise

@@ -131,7 +131,6 @@ from irkd.dist import World, check_supported, shard_noise
 from irkd.engine import (
     EMA_FILE,
     Forward,
-    NonFiniteLossError,
     check_finite,
     is_distill,
     net_kwargs,
@@ -139,24 +138,20 @@ from irkd.engine import (
     require_ema_file,
     run_training,
 )
-from irkd.weights import WeightsError, check_strict, load_neutral
+from irkd.weights import WeightsError
 from irkd.zoo import stage_channels
 from ms_impl import dist
 from ms_impl.ema import ModelEma
 from ms_impl.losses import task_loss
 from ms_impl.models import create_model
 from ms_impl.optim import build_optimizer, load_optimizer, save_optimizer, set_lr
-from ms_impl.predict import context_mode, forward_fn, load_network, load_weights
-from ms_impl.runtime import device_target, set_mode
-from ms_impl.weights import expected_specs, name_map, save_neutral_ms
+from ms_impl.predict import forward_fn, load_network, load_weights
+from ms_impl.runtime import context_mode, device_target, set_mode
+from ms_impl.weights import assign_neutral, save_neutral_net
 
 __all__ = [
     "MSTrainer",
-    "NonFiniteLossError",
-    "assign_neutral",
-    "build_optimizer",
     "freeze_batchnorm",
-    "is_distill",
     "run",
 ]
 
@@ -456,16 +451,16 @@ class MSTrainer:
         if self.ema is not None:
             self.ema.save(path, name=self.cfg.model.name, metadata=metadata)
             return
-        save_neutral_ms(self.student, path, name=self.cfg.model.name, metadata=metadata)
+        save_neutral_net(self.student, path, name=self.cfg.model.name, metadata=metadata)
 
     def write(self, folder: Path) -> None:
         """Store student, distiller, optimizer state and weight average in ``folder``."""
         folder = Path(folder)
-        save_neutral_ms(self.student, folder / "student.safetensors", name=self.cfg.model.name)
+        save_neutral_net(self.student, folder / "student.safetensors", name=self.cfg.model.name)
         if self.ema is not None:
             self.ema.save(folder / EMA_FILE, name=self.cfg.model.name)
         if self.distiller is not None and self.distiller.parameters_dict():
-            save_neutral_ms(self.distiller, folder / "distiller.safetensors")
+            save_neutral_net(self.distiller, folder / "distiller.safetensors")
         save_optimizer(self.optimizer, folder / "optimizer.ckpt")
 
     def read(self, folder: Path) -> None:
@@ -488,29 +483,6 @@ class MSTrainer:
         if self.distiller is not None and self.distiller.parameters_dict():
             assign_neutral(self.distiller, folder / "distiller.safetensors", network="distiller")
         load_optimizer(self.optimizer, folder / "optimizer.ckpt")
-
-
-def assign_neutral(
-    net: nn.Cell, src: str | os.PathLike[str], *, network: str | None = None
-) -> None:
-    """Load a neutral weights file into ``net`` strictly, in place (``ops.assign``).
-
-    The same checks as :func:`ms_impl.weights.load_neutral_ms` (names, shapes, dtypes), but
-    each parameter keeps its storage, so graphs compiled before see the new values.
-
-    Raises:
-        WeightsError: A missing/extra/mis-shaped tensor, or an unreadable file.
-    """
-    arrays, _ = load_neutral(src)
-    check_strict(
-        expected_specs(net),
-        arrays,
-        what=f"weights file {Path(src).name} does not fit {network or type(net).__name__}",
-    )
-    nm = name_map(net)
-    params = net.parameters_dict()
-    for torch_name, arr in arrays.items():
-        ops.assign(params[nm.to_ms(torch_name)], ms.Tensor(np.array(arr, order="C", copy=True)))
 
 
 # ----------------------------------------------------------------------------- the run

@@ -15,7 +15,7 @@ from typing import Any
 
 import mindspore as ms
 import numpy as np
-from mindspore import nn
+from mindspore import nn, ops
 
 from irkd.weights import (
     ConversionReport,
@@ -31,15 +31,16 @@ from irkd.weights import (
 )
 
 __all__ = [
+    "assign_neutral",
     "bn_prefixes",
     "ckpt_to_neutral",
     "expected_specs",
-    "load_neutral_ms",
+    "load_neutral_net",
     "name_map",
     "net_to_neutral",
     "neutral_to_ckpt",
     "read_ckpt",
-    "save_neutral_ms",
+    "save_neutral_net",
     "write_ckpt",
 ]
 
@@ -106,7 +107,7 @@ def net_to_neutral(net: nn.Cell) -> dict[str, np.ndarray]:
     )
 
 
-def save_neutral_ms(
+def save_neutral_net(
     net: nn.Cell,
     path: str | os.PathLike[str],
     *,
@@ -135,7 +136,7 @@ def _same_bits(a: np.ndarray, b: np.ndarray) -> bool:
     return a.shape == b.shape and a.dtype == b.dtype and a.tobytes() == b.tobytes()
 
 
-def load_neutral_ms(
+def load_neutral_net(
     net: nn.Cell,
     src: str | os.PathLike[str] | Mapping[str, np.ndarray],
     *,
@@ -317,3 +318,26 @@ def neutral_to_ckpt(
         sha256_file(out_path),
         meta.get("network"),
     )
+
+
+def assign_neutral(
+    net: nn.Cell, src: str | os.PathLike[str], *, network: str | None = None
+) -> None:
+    """Load a neutral weights file into ``net`` strictly, in place (``ops.assign``).
+
+    The same checks as :func:`ms_impl.weights.load_neutral_net` (names, shapes, dtypes), but
+    each parameter keeps its storage, so graphs compiled before see the new values.
+
+    Raises:
+        WeightsError: A missing/extra/mis-shaped tensor, or an unreadable file.
+    """
+    arrays, _ = load_neutral(src)
+    check_strict(
+        expected_specs(net),
+        arrays,
+        what=f"weights file {Path(src).name} does not fit {network or type(net).__name__}",
+    )
+    nm = name_map(net)
+    params = net.parameters_dict()
+    for torch_name, arr in arrays.items():
+        ops.assign(params[nm.to_ms(torch_name)], ms.Tensor(np.array(arr, order="C", copy=True)))

@@ -151,7 +151,7 @@ def _weights_file(ctx: Context, key: str, make: Callable[[], dict[str, np.ndarra
 def _randomized_torch_state(module: Any, seed: int) -> dict[str, np.ndarray]:
     """Torch init under a seed, then BatchNorm/LayerNorm affine and stats moved off 1/0."""
     torch = _torch()
-    from torch_ref.weights import state_to_neutral
+    from torch_ref.weights import net_to_neutral as state_to_neutral
 
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -171,9 +171,9 @@ def _build_pair(ctx: Context, method: str, t_channels: int, params: dict | None 
     """The torch and MindSpore stage losses of a method with the same weights, and the arrays."""
     torch = _torch()
     from ms_impl.distill.distiller import loss_class as ms_loss_class
-    from ms_impl.weights import load_neutral_ms
+    from ms_impl.weights import load_neutral_net as load_neutral_ms
     from torch_ref.distill.distiller import loss_class as t_loss_class
-    from torch_ref.weights import load_neutral_torch
+    from torch_ref.weights import load_neutral_net as load_neutral_torch
 
     torch.manual_seed(ctx.seed)
     tl = t_loss_class(method)(t_channels, params)
@@ -307,9 +307,11 @@ def _connector_case(train: bool) -> Callable[[Context], list[Check]]:
         torch = _torch()
         ms = _ms()
         from ms_impl.distill.method import Connector as MSConnector
-        from ms_impl.weights import load_neutral_ms, net_to_neutral
+        from ms_impl.weights import load_neutral_net as load_neutral_ms
+        from ms_impl.weights import net_to_neutral
         from torch_ref.distill.method import Connector as TConnector
-        from torch_ref.weights import load_neutral_torch, state_to_neutral
+        from torch_ref.weights import load_neutral_net as load_neutral_torch
+        from torch_ref.weights import net_to_neutral as state_to_neutral
 
         name = f"method/connector/{'train' if train else 'eval'}"
         x = _seed(ctx, "conn").standard_normal((2, 4, 8, 8)).astype(np.float32)
@@ -346,10 +348,10 @@ def _ema_case(ctx: Context) -> list[Check]:
     _ms()
     from ms_impl.ema import ModelEma as MSModelEma
     from ms_impl.models import create_model as ms_create_model
-    from ms_impl.weights import load_neutral_ms
+    from ms_impl.weights import load_neutral_net as load_neutral_ms
     from torch_ref.ema import ModelEma
     from torch_ref.models import create_model
-    from torch_ref.weights import load_neutral_torch
+    from torch_ref.weights import load_neutral_net as load_neutral_torch
 
     name = "method/ema/update"
     torch.manual_seed(ctx.seed)

@@ -33,7 +33,8 @@ Cases (PyTorch is the reference of every comparison, ``mindspore~pytorch``):
     in GRAPH_MODE); the eval-mode gradient keeps a conv bias that feeds a BatchNorm a real
     (non-zero) gradient, so every element is comparable.
 
-MindSpore is never left in another mode than it was found in (:func:`ms_context`), and every
+MindSpore is never left in another mode than it was found in
+(:func:`ms_impl.runtime.context_mode`), and every
 object a case hands to MindSpore's compiler is held for the life of the process
 (:func:`keep_alive`, a workaround for MindSpore's ``id()``-keyed caches).
 
@@ -49,7 +50,7 @@ import functools
 import json
 import tempfile
 import zlib
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from pathlib import Path
 from types import SimpleNamespace
@@ -72,7 +73,6 @@ __all__ = [
     "describe_weights",
     "input_shape",
     "keep_alive",
-    "ms_context",
     "network_cases",
     "neutral_weights",
     "random_mask",
@@ -161,7 +161,7 @@ def random_neutral_weights(
     from torch import nn
 
     from torch_ref.models import create_model
-    from torch_ref.weights import save_neutral_torch
+    from torch_ref.weights import save_neutral_net as save_neutral_torch
 
     torch.manual_seed(seed)
     model = create_model(network)
@@ -214,19 +214,13 @@ def stored_kwargs(path: str | Path) -> dict[str, Any]:
     return dict(extra_metadata(meta).get("kwargs") or {})
 
 
-@contextlib.contextmanager
-def ms_context(mode: str) -> Iterator[None]:
-    """Run a block in MindSpore ``graph`` or ``pynative`` mode; restore the mode after."""
-    import mindspore as ms
+def _ms_mode(mode: str) -> contextlib.AbstractContextManager[None]:
+    """``ms_impl.runtime.context_mode`` (imported late: this module loads without MindSpore)."""
+    from ms_impl.runtime import context_mode
 
     if mode not in MS_MODES:
         raise ValueError(f"MindSpore mode must be one of {MS_MODES}, got {mode!r}")
-    before = ms.get_context("mode")
-    ms.set_context(mode=ms.GRAPH_MODE if mode == "graph" else ms.PYNATIVE_MODE)
-    try:
-        yield
-    finally:
-        ms.set_context(mode=before)
+    return context_mode(mode)  # type: ignore[arg-type]
 
 
 def _pair(mode: str | None = None) -> str:
@@ -340,7 +334,7 @@ def _ms_features(
     import mindspore as ms
 
     xt = ms.Tensor(np.ascontiguousarray(x, dtype=np.float32))
-    with ms_context(mode):
+    with _ms_mode(mode):
         if mode == "pynative":
             logits, feats = net.forward_features(xt)
             if logits_only:
@@ -399,7 +393,7 @@ def _bn_stats_ms(net: Any) -> dict[str, np.ndarray]:
 
 
 def _bn_stats_torch(net: Any) -> dict[str, np.ndarray]:
-    from torch_ref.weights import state_to_neutral
+    from torch_ref.weights import net_to_neutral as state_to_neutral
 
     return {
         k: v
@@ -528,7 +522,7 @@ def _grad_case(network: str, path: str | None, ctx: Context) -> list[Check]:
         params = net.trainable_params()
         loss_cell = _cells().TaskLoss(net, ms_task_loss)
         grad_fn = ms.value_and_grad(loss_cell, None, params)
-        with ms_context(mode):
+        with _ms_mode(mode):
             fn = ms.jit(grad_fn) if mode == "graph" else grad_fn
             keep_alive(net, loss_cell, grad_fn, fn)
             value, grads = fn(ms.Tensor(x), ms.Tensor(m))

@@ -11,7 +11,7 @@ batches, and compares the two after every step:
   :func:`parity.cases_net.neutral_weights` (shared with the network cases);
 - the distiller's trainable parts (the connector; MGD's generation block) are initialised by
   PyTorch under ``torch.manual_seed(cfg.seed)``, saved as a neutral file and written into the
-  MindSpore distiller in place (:func:`ms_impl.train.assign_neutral`, strict);
+  MindSpore distiller in place (:func:`ms_impl.weights.assign_neutral`, strict);
 - ``trainer.step(images, masks, step, lr, where=...)`` with a fixed learning rate
   (:data:`LR`), ``optim.weight_decay`` and SGD ``momentum`` at their defaults (1e-4, 0.9).
 
@@ -214,7 +214,7 @@ def _ms_state(tr: Any) -> dict[str, np.ndarray]:
 
 
 def _torch_state(tr: Any) -> dict[str, np.ndarray]:
-    from torch_ref.weights import state_to_neutral
+    from torch_ref.weights import net_to_neutral as state_to_neutral
 
     out = {f"student/{k}": v for k, v in state_to_neutral(tr.student).items()}
     if tr.distiller is not None:
@@ -536,9 +536,10 @@ def _train_case(
 ) -> list[Check]:
     """``train/<optimizer>/<mode>[/<method>]``: N steps in both trainers, compared per step."""
     from irkd.weights import save_neutral
-    from ms_impl.train import MSTrainer, assign_neutral
+    from ms_impl.train import MSTrainer
+    from ms_impl.weights import assign_neutral
     from torch_ref.train import TorchTrainer
-    from torch_ref.weights import state_to_neutral
+    from torch_ref.weights import net_to_neutral as state_to_neutral
 
     suffix = "" if method == "msa_awmse" else f"/{method}"
     case = f"train/{optimizer}/{mode}{suffix}"
@@ -640,7 +641,7 @@ def _torch_from(
     """
     import torch
 
-    from torch_ref.weights import load_neutral_torch
+    from torch_ref.weights import load_neutral_net as load_neutral_torch
 
     twin = copy.copy(th)
     parts = (("student", th.student), ("distiller", th.distiller))

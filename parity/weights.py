@@ -48,12 +48,12 @@ FORMATS: dict[str, str] = {
 
 def torch_to_ms(model: Any, net: Any) -> None:
     """Copy a PyTorch model's weights into the twin MindSpore network (strict, bit-exact)."""
-    msw.load_neutral_ms(net, tw.state_to_neutral(model))
+    msw.load_neutral_net(net, tw.net_to_neutral(model))
 
 
 def ms_to_torch(net: Any, model: Any) -> None:
     """Copy a MindSpore network's weights into the twin PyTorch model (strict, bit-exact)."""
-    tw.load_neutral_torch(model, msw.net_to_neutral(net))
+    tw.load_neutral_net(model, msw.net_to_neutral(net))
 
 
 def file_format(path: str | os.PathLike[str]) -> str:

@@ -138,7 +138,7 @@ def teacher_ckpt(tmp_path_factory):
     import torch
 
     from torch_ref.models import create_model
-    from torch_ref.weights import save_neutral_torch
+    from torch_ref.weights import save_neutral_net
 
     torch.manual_seed(123)
     net = create_model(TEACHER)
@@ -147,7 +147,7 @@ def teacher_ckpt(tmp_path_factory):
         for _ in range(2):
             net(torch.randn(2, 1, 32, 32))
     path = tmp_path_factory.mktemp("teacher") / "teacher.safetensors"
-    save_neutral_torch(net, path, name=TEACHER)
+    save_neutral_net(net, path, name=TEACHER)
     return path
 
 

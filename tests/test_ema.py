@@ -20,12 +20,14 @@ from ms_impl.predict import load_network as ms_load_network
 from ms_impl.runtime import set_mode
 from ms_impl.train import MSTrainer
 from ms_impl.train import run as ms_run
-from ms_impl.weights import load_neutral_ms, net_to_neutral
+from ms_impl.weights import load_neutral_net as load_neutral_ms
+from ms_impl.weights import net_to_neutral
 from torch_ref.ema import ModelEma
 from torch_ref.models import create_model
 from torch_ref.predict import forward_fn
 from torch_ref.train import TorchTrainer, run
-from torch_ref.weights import load_neutral_torch, state_to_neutral
+from torch_ref.weights import load_neutral_net as load_neutral_torch
+from torch_ref.weights import net_to_neutral as state_to_neutral
 
 STUDENT = "dnanet_xxs"
 TIMING = {"images_per_s", "train_s", "threads"}

@@ -65,12 +65,12 @@ def teacher_on_obs(obs):
     import torch
 
     from torch_ref.models import create_model
-    from torch_ref.weights import save_neutral_torch
+    from torch_ref.weights import save_neutral_net
 
     torch.manual_seed(1)
     path = obs[0] / "bkt" / "teacher" / "best.safetensors"
     path.parent.mkdir(parents=True)
-    save_neutral_torch(create_model("dnanet_xs"), path, name="dnanet_xs")
+    save_neutral_net(create_model("dnanet_xs"), path, name="dnanet_xs")
     return "obs://bkt/teacher/best.safetensors"
 
 

@@ -116,7 +116,7 @@ def test_bn_momentum_of_pytorch_on_mindspore_is_caught(monkeypatch, cache) -> No
 
     from ms_impl.models import dnanet
 
-    monkeypatch.setattr(dnanet, "_bn", lambda c: nn.BatchNorm2d(c, eps=1e-5, momentum=0.1))
+    monkeypatch.setattr(dnanet, "batch_norm", lambda c: nn.BatchNorm2d(c, eps=1e-5, momentum=0.1))
     name = "net/dnanet_xxs/train-bn"
     checks = _run_one(name, cache)
     _assert_caught(checks, name, "stats")
@@ -133,7 +133,7 @@ def test_align_corners_flipped_in_mindspore_dnanet_is_caught(monkeypatch, cache)
         size = (ref.shape[2], ref.shape[3])
         return ops.interpolate(x, size=size, mode="bilinear", align_corners=False)
 
-    monkeypatch.setattr(dnanet, "_to", to)
+    monkeypatch.setattr(dnanet, "resize_like", to)
     name = "net/dnanet_xxs/eval/pynative"
     checks = _run_one(name, cache)
     _assert_caught(checks, name, "forward")
@@ -181,6 +181,6 @@ def test_bn_eps_of_keras_in_mindspore_dnanet_is_caught(monkeypatch, cache) -> No
 
     from ms_impl.models import dnanet
 
-    monkeypatch.setattr(dnanet, "_bn", lambda c: nn.BatchNorm2d(c, eps=1e-3, momentum=0.9))
+    monkeypatch.setattr(dnanet, "batch_norm", lambda c: nn.BatchNorm2d(c, eps=1e-3, momentum=0.9))
     name = "net/dnanet_xxs/eval/pynative"
     _assert_caught(_run_one(name, cache), name, "forward")

@@ -14,7 +14,7 @@ from irkd.cli import main
 from irkd.data import synthesize
 from irkd.weights import sha256_file
 from torch_ref.models import create_model
-from torch_ref.weights import save_neutral_torch
+from torch_ref.weights import save_neutral_net
 
 TEACHER, STUDENT = "unet_s", "dnanet_xxs"  # small: the test is about the release, not speed
 
@@ -29,7 +29,7 @@ def _run_weights(path, network, seed, data_root):
         "eval_multiple": 32,
         "data_root": str(data_root),
     }
-    save_neutral_torch(net, path, name=network, metadata=meta)
+    save_neutral_net(net, path, name=network, metadata=meta)
     return path
 
 

@@ -178,11 +178,11 @@ def test_distillation_killed_anywhere_resumes_to_the_same_result(tmp_path):
     import torch
 
     from torch_ref.models import create_model
-    from torch_ref.weights import save_neutral_torch
+    from torch_ref.weights import save_neutral_net
 
     torch.manual_seed(0)
     teacher = tmp_path / "teacher.safetensors"
-    save_neutral_torch(create_model("unet_s"), teacher, name="unet_s", metadata={})
+    save_neutral_net(create_model("unet_s"), teacher, name="unet_s", metadata={})
     text = _DISTILL_CFG.replace("checkpoint: null", f"checkpoint: {teacher}")
     _training_faults(tmp_path, "torch", text, 6)
 

@@ -284,7 +284,7 @@ def test_a_broken_batchnorm_still_fails_the_adamw_case(monkeypatch):
 
     from ms_impl.models import dnanet
 
-    monkeypatch.setattr(dnanet, "_bn", lambda c: nn.BatchNorm2d(c, eps=1e-5, momentum=0.1))
+    monkeypatch.setattr(dnanet, "batch_norm", lambda c: nn.BatchNorm2d(c, eps=1e-5, momentum=0.1))
     checks = _run_adamw()
     bad = {c.what for c in checks if c.gating and not c.passed}
     assert f"bn running_var step 1 {P}" in bad
@@ -300,12 +300,12 @@ side, out = sys.argv[1], sys.argv[2]
 if side == "torch":
     import torch
     from torch_ref.models import create_model
-    from torch_ref.weights import save_neutral_torch as save
+    from torch_ref.weights import save_neutral_net as save
     torch.manual_seed(0)
 else:
     import ms_impl
     from ms_impl.models import create_model
-    from ms_impl.weights import save_neutral_ms as save
+    from ms_impl.weights import save_neutral_net as save
     import mindspore as ms
     ms.set_seed(0)
 net = create_model("dnanet_xxs")

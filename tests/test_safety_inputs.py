@@ -172,10 +172,10 @@ def _state(network="dnanet_xxs"):
     import torch
 
     from torch_ref.models import create_model
-    from torch_ref.weights import state_to_neutral
+    from torch_ref.weights import net_to_neutral
 
     torch.manual_seed(0)
-    return state_to_neutral(create_model(network))
+    return net_to_neutral(create_model(network))
 
 
 @pytest.mark.parametrize("bad", [math.nan, math.inf])

@@ -294,3 +294,19 @@ def test_study_results_name_the_dataset_relative_to_the_repository(tmp_path, mon
     cfg.parent.mkdir()
     cfg.write_text(f"name: x\ndata:\n  root: {tmp_path.parent / 'shared' / 'D'}\n")
     assert json.dumps(portable_config(cfg)).count("../shared/D") == 1
+
+
+def test_a_config_that_does_not_fit_a_good_checkpoint_moves_nothing(root, tmp_path):
+    """Only unreadable checkpoints are set aside, never a good one the config does not fit."""
+    cfg = _cfg(root)
+    run = tmp_path / "run"
+    run_training(cfg, run, lambda: NumpyTrainer(cfg), quiet=True, stop_after=2)
+    before = sorted(p.name for p in (run / "checkpoints").iterdir())
+
+    class Refuses(NumpyTrainer):
+        def read(self, folder):
+            raise ConfigError("train.ema=0.9 needs the weight average, not in this checkpoint")
+
+    with pytest.raises(ConfigError, match="weight average"):
+        run_training(cfg, run, lambda: Refuses(cfg), quiet=True, resume=True)
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == before

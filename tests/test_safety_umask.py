@@ -66,9 +66,9 @@ def test_torch_and_mindspore_checkpoints_follow_the_umask(tmp_path):
     from ms_impl.optim import save_optimizer
     from ms_impl.weights import write_ckpt
     from torch_ref.models import create_model as create_torch
-    from torch_ref.weights import state_to_neutral, write_pt
+    from torch_ref.weights import net_to_neutral, write_pt
 
-    arrays = state_to_neutral(create_torch("dnanet_xxs"))
+    arrays = net_to_neutral(create_torch("dnanet_xxs"))
     net = create_ms("dnanet_xxs")
     opt = ms.experimental.optim.AdamW(net.trainable_params(), lr=1e-3)
     with umask(0o022):

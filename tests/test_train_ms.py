@@ -32,7 +32,9 @@ from ms_impl.optim import (
 from ms_impl.predict import load_network, predict_probs
 from ms_impl.runtime import set_mode
 from ms_impl.train import MSTrainer, run
-from ms_impl.weights import load_neutral_ms, net_to_neutral, save_neutral_ms
+from ms_impl.weights import load_neutral_net as load_neutral_ms
+from ms_impl.weights import net_to_neutral
+from ms_impl.weights import save_neutral_net as save_neutral_ms
 
 TEACHER, STUDENT = "dnanet_xs", "dnanet_xxs"  # the DNANet pair
 U_TEACHER, U_STUDENT = "unet", "unet_s"  # a U-Net pair: compiles in seconds
@@ -195,7 +197,7 @@ def test_teacher_frozen_pynative(root, teacher_ckpt):
 def test_lr_changes_are_applied_by_the_compiled_step(graph_trainer):
     """SGD without momentum or decay: each compiled step moves the weights by -lr * grad,
     with the lr set just before it (the reference gradient is taken eagerly)."""
-    from ms_impl.predict import context_mode
+    from ms_impl.runtime import context_mode
 
     tr, (images, masks) = graph_trainer
     set_mode("pynative")  # as another trainer or an evaluation may leave it
@@ -473,7 +475,8 @@ def test_optimizer_steps_match_pytorch(root, tmp_path, optim, _torch_one_thread)
     """
     from torch_ref.models import create_model as torch_create
     from torch_ref.train import TorchTrainer
-    from torch_ref.weights import save_neutral_torch, state_to_neutral
+    from torch_ref.weights import net_to_neutral as state_to_neutral
+    from torch_ref.weights import save_neutral_net as save_neutral_torch
 
     torch.manual_seed(0)
     init = tmp_path / "init.safetensors"

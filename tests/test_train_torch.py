@@ -14,9 +14,10 @@ from irkd.engine import NonFiniteLossError, RunDir, prepare_data
 from irkd.weights import load_neutral
 from torch_ref.distill import METHODS
 from torch_ref.models import create_model
+from torch_ref.optim import build_optimizer
 from torch_ref.predict import load_network, predict_probs
-from torch_ref.train import TorchTrainer, build_optimizer, run
-from torch_ref.weights import load_neutral_torch, save_neutral_torch
+from torch_ref.train import TorchTrainer, run
+from torch_ref.weights import load_neutral_net, save_neutral_net
 
 TEACHER, STUDENT = "dnanet_xs", "dnanet_xxs"
 TIMING = {"images_per_s", "train_s", "threads"}
@@ -50,7 +51,7 @@ def teacher_ckpt(tmp_path_factory):
         for _ in range(2):
             net(torch.randn(2, 1, 32, 32))
     path = tmp_path_factory.mktemp("teacher") / "teacher.safetensors"
-    save_neutral_torch(net, path, name=TEACHER)
+    save_neutral_net(net, path, name=TEACHER)
     return path
 
 
@@ -268,7 +269,7 @@ def test_best_is_the_highest_validation_iou(root, tmp_path, monkeypatch):
     import irkd.engine as engine
 
     scripted = iter([0.2, 0.5, 0.4])
-    monkeypatch.setattr(engine, "validate", lambda trainer, data: {"iou": next(scripted)})
+    monkeypatch.setattr(engine, "validate", lambda trainer, data, **kw: {"iou": next(scripted)})
     cfg = make_cfg(root, method="none", schedule__epochs=3, train__keep_last=3)
     res = run(cfg, tmp_path / "r", quiet=True)
     rd = RunDir(tmp_path / "r")
@@ -288,7 +289,7 @@ def test_distilled_best_loads_into_a_bare_student(root, straight_run):
     arrays, meta = load_neutral(out / "best.safetensors")
     assert not any(k.startswith(("connectors", "losses", "teacher")) for k in arrays)
     net = create_model(STUDENT)
-    load_neutral_torch(net, out / "best.safetensors")
+    load_neutral_net(net, out / "best.safetensors")
     net.eval()
     with torch.no_grad():
         y = net(torch.zeros(1, 1, 64, 64))

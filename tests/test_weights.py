@@ -139,26 +139,26 @@ def test_bn_prefixes_and_names_match_twin():
 
 
 def test_torch_neutral_ms_neutral_torch_bit_identical(tmp_path, tmodel):
-    ref = tw.state_to_neutral(tmodel)
+    ref = tw.net_to_neutral(tmodel)
     assert "bn.num_batches_tracked" not in ref and set(ref) == set(TORCH_NAMES)
-    f1 = tw.save_neutral_torch(tmodel, tmp_path / "a.safetensors", name="tiny")
+    f1 = tw.save_neutral_net(tmodel, tmp_path / "a.safetensors", name="tiny")
     net = TinyMS()
-    meta = msw.load_neutral_ms(net, f1)
+    meta = msw.load_neutral_net(net, f1)
     assert meta["network"] == "tiny" and meta["source"] == "torch"
     assert np.array_equal(net.bn.moving_variance.asnumpy(), ref["bn.running_var"])
     assert np.array_equal(net.body[1].gamma.asnumpy(), ref["body.1.weight"])
-    f2 = msw.save_neutral_ms(net, tmp_path / "b.safetensors", name="tiny")
+    f2 = msw.save_neutral_net(net, tmp_path / "b.safetensors", name="tiny")
     assert load_neutral(f2)[1]["source"] == "mindspore"
     back = TinyTorch()
-    tw.load_neutral_torch(back, f2)
-    assert_same(tw.state_to_neutral(back), ref)
+    tw.load_neutral_net(back, f2)
+    assert_same(tw.net_to_neutral(back), ref)
     assert_same(load_neutral(f1)[0], load_neutral(f2)[0])
 
 
 def test_in_memory_converters_and_outputs(tmodel):
     net = TinyMS()
     pw.torch_to_ms(tmodel, net)
-    assert_same(msw.net_to_neutral(net), tw.state_to_neutral(tmodel))
+    assert_same(msw.net_to_neutral(net), tw.net_to_neutral(tmodel))
     x = np.random.default_rng(0).standard_normal((2, 1, 16, 16)).astype(np.float32)
     tmodel.eval()
     net.set_train(False)
@@ -168,18 +168,18 @@ def test_in_memory_converters_and_outputs(tmodel):
     assert np.abs(y_t - y_m).max() < 1e-4
     other = TinyTorch()
     pw.ms_to_torch(net, other)
-    assert_same(tw.state_to_neutral(other), tw.state_to_neutral(tmodel))
+    assert_same(tw.net_to_neutral(other), tw.net_to_neutral(tmodel))
 
 
 def test_num_batches_tracked_kept_on_load(tmp_path, tmodel):
     target = TinyTorch()
     target.bn.num_batches_tracked.fill_(7)
-    tw.load_neutral_torch(target, tw.state_to_neutral(tmodel))
+    tw.load_neutral_net(target, tw.net_to_neutral(tmodel))
     assert int(target.bn.num_batches_tracked) == 7
 
 
 def test_ckpt_neutral_pt_bit_identical(tmp_path, tmodel):
-    ref = tw.state_to_neutral(tmodel)
+    ref = tw.net_to_neutral(tmodel)
     net = TinyMS()
     pw.torch_to_ms(tmodel, net)
     # a training checkpoint: network + optimizer state + counters
@@ -202,11 +202,11 @@ def test_ckpt_neutral_pt_bit_identical(tmp_path, tmodel):
     assert "bn.num_batches_tracked" in sd
     fresh = TinyTorch()
     fresh.load_state_dict(sd, strict=True)
-    assert_same(tw.state_to_neutral(fresh), ref)
+    assert_same(tw.net_to_neutral(fresh), ref)
     tw.neutral_to_pt(rep.dst, tmp_path / "plain.pt")  # no model: no counters, still loads
     fresh2 = TinyTorch()
     fresh2.load_state_dict(torch.load(tmp_path / "plain.pt", weights_only=True), strict=True)
-    assert_same(tw.state_to_neutral(fresh2), ref)
+    assert_same(tw.net_to_neutral(fresh2), ref)
 
     rep3 = tw.pt_to_neutral(rep2.dst, tmp_path / "p.safetensors", model=TinyTorch(), name="tiny")
     assert rep3.dropped == ("bn.num_batches_tracked", "body.1.num_batches_tracked")
@@ -216,7 +216,7 @@ def test_ckpt_neutral_pt_bit_identical(tmp_path, tmodel):
 
 
 def test_pt_wrapped_state_dicts(tmp_path, tmodel):
-    ref = tw.state_to_neutral(tmodel)
+    ref = tw.net_to_neutral(tmodel)
     for i, obj in enumerate(
         [
             {"state_dict": tmodel.state_dict(), "epoch": 3},
@@ -233,8 +233,8 @@ def test_pt_wrapped_state_dicts(tmp_path, tmodel):
 
 
 def test_convert_files_all_pairs(tmp_path, tmodel):
-    ref = tw.state_to_neutral(tmodel)
-    start = tw.save_neutral_torch(tmodel, tmp_path / "start.safetensors", name="tiny")
+    ref = tw.net_to_neutral(tmodel)
+    start = tw.save_neutral_net(tmodel, tmp_path / "start.safetensors", name="tiny")
     kw = {"model": TinyTorch(), "net": TinyMS(), "network": "tiny"}
     chain = ["a.pt", "b.ckpt", "c.safetensors", "d.ckpt", "e.pth", "f.safetensors"]
     src = start
@@ -302,16 +302,16 @@ def test_check_strict_lists_everything():
     ids=["missing", "unexpected", "shape", "dtype"],
 )
 def test_strict_load_errors_name_the_tensor(tmp_path, tmodel, side, edit, pattern):
-    arrays = tw.state_to_neutral(tmodel)
+    arrays = tw.net_to_neutral(tmodel)
     edit(arrays)
     path = save_neutral(tmp_path / "w.safetensors", arrays, network="tiny")
     target = TinyTorch() if side == "torch" else TinyMS()
-    before = tw.state_to_neutral(target) if side == "torch" else msw.net_to_neutral(target)
+    before = tw.net_to_neutral(target) if side == "torch" else msw.net_to_neutral(target)
     with pytest.raises(WeightsError, match=r"weights file w\.safetensors does not fit tiny: "):
-        (tw.load_neutral_torch if side == "torch" else msw.load_neutral_ms)(target, path)
+        (tw.load_neutral_net if side == "torch" else msw.load_neutral_net)(target, path)
     with pytest.raises(WeightsError, match=pattern):
-        (tw.load_neutral_torch if side == "torch" else msw.load_neutral_ms)(target, path)
-    after = tw.state_to_neutral(target) if side == "torch" else msw.net_to_neutral(target)
+        (tw.load_neutral_net if side == "torch" else msw.load_neutral_net)(target, path)
+    after = tw.net_to_neutral(target) if side == "torch" else msw.net_to_neutral(target)
     assert_same(before, after)  # untouched on failure
 
 
@@ -331,7 +331,7 @@ def test_missing_and_corrupt_files_are_named(tmp_path, tmodel):
         load_neutral(tmp_path / "nope.safetensors")
     with pytest.raises(WeightsError, match="is a folder"):
         load_neutral(tmp_path)
-    good = tw.save_neutral_torch(tmodel, tmp_path / "good.safetensors")
+    good = tw.save_neutral_net(tmodel, tmp_path / "good.safetensors")
     data = good.read_bytes()
     for name, blob in {
         "empty": b"",
@@ -375,10 +375,10 @@ def test_newer_or_foreign_format_refused(tmp_path):
 
 def test_atomic_save_leaves_no_temp_file(tmp_path, tmodel):
     out = tmp_path / "w.safetensors"
-    tw.save_neutral_torch(tmodel, out)
-    tw.save_neutral_torch(tmodel, out)  # overwrite
-    tw.write_pt(tw.state_to_neutral(tmodel), tmp_path / "w.pt")
-    msw.write_ckpt(tw.state_to_neutral(tmodel), tmp_path / "w.ckpt", TinyMS())
+    tw.save_neutral_net(tmodel, out)
+    tw.save_neutral_net(tmodel, out)  # overwrite
+    tw.write_pt(tw.net_to_neutral(tmodel), tmp_path / "w.pt")
+    msw.write_ckpt(tw.net_to_neutral(tmodel), tmp_path / "w.ckpt", TinyMS())
     assert sorted(p.name for p in tmp_path.iterdir()) == ["w.ckpt", "w.pt", "w.safetensors"]
     old = out.read_bytes()
     with pytest.raises(WeightsError, match="not JSON-serialisable"):
@@ -462,15 +462,15 @@ def test_registered_network_round_trip_and_logits(tmp_path, name):
 
     torch.manual_seed(0)
     model = randomize_torch_bn(create_torch(name))
-    ref = tw.state_to_neutral(model)
-    f1 = tw.save_neutral_torch(model, tmp_path / "t.safetensors", name=name)
+    ref = tw.net_to_neutral(model)
+    f1 = tw.save_neutral_net(model, tmp_path / "t.safetensors", name=name)
     net = create_ms(name)
-    msw.load_neutral_ms(net, f1)
-    f2 = msw.save_neutral_ms(net, tmp_path / "m.safetensors", name=name)
+    msw.load_neutral_net(net, f1)
+    f2 = msw.save_neutral_net(net, tmp_path / "m.safetensors", name=name)
     assert_same(load_neutral(f2)[0], ref)
     back = create_torch(name)
-    tw.load_neutral_torch(back, f2)
-    assert_same(tw.state_to_neutral(back), ref)
+    tw.load_neutral_net(back, f2)
+    assert_same(tw.net_to_neutral(back), ref)
 
     x = np.random.default_rng(0).standard_normal((1, 1, 256, 256)).astype(np.float32)
     model.eval()
@@ -490,7 +490,7 @@ def test_convert_registered_network_by_suffix(tmp_path):
     from torch_ref.models import create_model as create_torch
 
     model = randomize_torch_bn(create_torch("dnanet_xxs"), seed=3)
-    ref = tw.state_to_neutral(model)
+    ref = tw.net_to_neutral(model)
     torch.save({"state_dict": model.state_dict(), "epoch": 5}, tmp_path / "a.pth")
     r1 = pw.convert(tmp_path / "a.pth", tmp_path / "b.ckpt", network="dnanet_xxs")
     assert r1.dropped == tuple(sorted(k for k in model.state_dict() if "num_batches" in k))
@@ -574,9 +574,9 @@ def test_distiller_weights_cross_frameworks_bit_identical(method):
     cfg = MethodConfig(name=method, stages=["enc1", "dec0"])
     t_ch, s_ch = zoo.stage_channels("dnanet_s"), zoo.stage_channels("dnanet_xxs")
     tdist = randomize_torch(torch_build(cfg, t_ch, s_ch), seed=3)
-    arrays = tw.state_to_neutral(tdist)
+    arrays = tw.net_to_neutral(tdist)
     if method == "fgd":
         assert any(".channel_add_conv_s.1.weight" in k for k in arrays)  # the LayerNorm
     mdist = ms_build(cfg, t_ch, s_ch)
-    msw.load_neutral_ms(mdist, arrays)
+    msw.load_neutral_net(mdist, arrays)
     assert_same(arrays, msw.net_to_neutral(mdist))

@@ -10,8 +10,9 @@ import torch
 
 from irkd.config import ExperimentConfig
 from torch_ref.models import create_model
-from torch_ref.train import TorchTrainer, torch_threads
-from torch_ref.weights import save_neutral_torch
+from torch_ref.runtime import torch_threads
+from torch_ref.train import TorchTrainer
+from torch_ref.weights import save_neutral_net
 
 __all__ = ["step_times", "write_random_weights"]
 
@@ -19,7 +20,7 @@ __all__ = ["step_times", "write_random_weights"]
 def write_random_weights(network: str, path: str | os.PathLike[str], seed: int = 0) -> None:
     """Seeded random weights of a registered network, as a neutral file."""
     torch.manual_seed(seed)
-    save_neutral_torch(create_model(network), path, name=network)
+    save_neutral_net(create_model(network), path, name=network)
 
 
 def step_times(

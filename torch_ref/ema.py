@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from irkd.engine import ema_decay
-from torch_ref.weights import load_neutral_torch, save_neutral_torch, state_to_neutral
+from torch_ref.weights import load_neutral_net, net_to_neutral, save_neutral_net
 
 __all__ = ["ModelEma"]
 
@@ -71,7 +71,7 @@ class ModelEma:
 
     def to_neutral(self) -> dict[str, np.ndarray]:
         """The average as neutral arrays (the student's names, ``num_batches_tracked`` aside)."""
-        return state_to_neutral(self.module)
+        return net_to_neutral(self.module)
 
     def save(
         self,
@@ -81,7 +81,7 @@ class ModelEma:
         metadata: Mapping[str, Any] | None = None,
     ) -> Path:
         """Write the average as a neutral weights file (loads like any network's weights)."""
-        return save_neutral_torch(self.module, path, name=name, metadata=metadata)
+        return save_neutral_net(self.module, path, name=name, metadata=metadata)
 
     def load(
         self,
@@ -94,4 +94,4 @@ class ModelEma:
         Raises:
             WeightsError: A missing/extra/mis-shaped tensor, or an unreadable file.
         """
-        load_neutral_torch(self.module, src, network=network)
+        load_neutral_net(self.module, src, network=network)

@@ -26,7 +26,7 @@ from irkd.data import IRSTDDataset
 from irkd.engine import predict_split
 from irkd.weights import WeightsError, extra_metadata, load_neutral, wrong_network
 from torch_ref.models import create_model
-from torch_ref.weights import load_neutral_torch, read_pt
+from torch_ref.weights import load_neutral_net, read_pt
 
 __all__ = [
     "forward_fn",
@@ -104,7 +104,7 @@ def load_network(
     net = create_model(name, **{**stored, **kwargs})
     if arrays is not None:
         try:
-            load_neutral_torch(net, arrays, network=f"{name} ({Path(weights).name})")
+            load_neutral_net(net, arrays, network=f"{name} ({Path(weights).name})")
         except WeightsError:
             if other is None:
                 raise

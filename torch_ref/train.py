@@ -56,7 +56,6 @@ from irkd.dist import World, check_supported, shard_noise
 from irkd.engine import (
     EMA_FILE,
     Forward,
-    NonFiniteLossError,
     check_finite,
     is_distill,
     net_kwargs,
@@ -70,16 +69,15 @@ from torch_ref import dist
 from torch_ref.ema import ModelEma
 from torch_ref.losses import Reduce, task_loss
 from torch_ref.models import create_model
+from torch_ref.optim import build_optimizer, set_lr
 from torch_ref.predict import forward_fn, load_network, read_weights
-from torch_ref.weights import load_neutral_torch, save_neutral_torch, state_to_neutral
+from torch_ref.runtime import resolve_device, torch_threads
+from torch_ref.weights import load_neutral_net, net_to_neutral, save_neutral_net
 
 __all__ = [
-    "NonFiniteLossError",
     "TorchTrainer",
     "TrainNet",
-    "build_optimizer",
     "freeze_batchnorm",
-    "is_distill",
     "run",
 ]
 
@@ -88,46 +86,6 @@ AUX_KEYS = ("aux1", "aux2", "aux3")
 
 
 # ----------------------------------------------------------------------------- building
-
-
-def resolve_device(device: str | torch.device | None = None) -> torch.device:
-    """``device``, else ``$IRKD_DEVICE``, else CUDA when available, else the CPU."""
-    if device is None:
-        device = os.environ.get("IRKD_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
-def torch_threads() -> int:
-    """Intra-op threads: ``$IRKD_TORCH_THREADS``, else ``$OMP_NUM_THREADS``, else the CPUs
-    this process may run on (``os.sched_getaffinity``, else ``os.cpu_count()``).
-
-    On a machine shared with other busy processes, fewer threads than cores can be much
-    faster (OpenMP threads wait on each other): set ``IRKD_TORCH_THREADS=1`` there.
-    """  # noqa: D205
-    for var in ("IRKD_TORCH_THREADS", "OMP_NUM_THREADS"):
-        value = os.environ.get(var, "").strip()
-        if value.isdigit() and int(value) > 0:
-            return int(value)
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # pragma: no cover - not Linux
-        return max(1, os.cpu_count() or 1)
-
-
-def build_optimizer(params: list[nn.Parameter], optim_cfg: Any) -> torch.optim.Optimizer:
-    """``adamw`` -> AdamW (decoupled decay), ``adam`` -> Adam (L2), ``sgd`` -> SGD (L2)."""
-    o = optim_cfg
-    if o.name == "adamw":
-        return torch.optim.AdamW(
-            params, lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay
-        )
-    if o.name == "adam":
-        return torch.optim.Adam(
-            params, lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay
-        )
-    if o.name == "sgd":
-        return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
-    raise ConfigError(f"optim.name: unknown optimizer {o.name!r}")  # pragma: no cover
 
 
 def freeze_batchnorm(module: nn.Module) -> None:
@@ -251,7 +209,7 @@ class TorchTrainer:
         self.student = create_model(cfg.model.name, **self.student_kwargs)
         if cfg.model.checkpoint:
             arrays, _ = read_weights(cfg.model.checkpoint)
-            load_neutral_torch(self.student, arrays, network=cfg.model.name)
+            load_neutral_net(self.student, arrays, network=cfg.model.name)
         self.distiller = None
         if distill:
             from torch_ref.distill import build_distiller
@@ -335,8 +293,7 @@ class TorchTrainer:
         Raises:
             NonFiniteLossError: The loss or a term is NaN/Inf (no parameter is updated).
         """
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
+        set_lr(self.optimizer, lr)
         loss, terms = self.losses(images, masks, step)
         values = {"loss": float(loss.detach())}
         values.update({k: float(v.detach()) for k, v in terms.items()})
@@ -377,17 +334,17 @@ class TorchTrainer:
         if self.ema is not None:
             self.ema.save(path, name=self.cfg.model.name, metadata=metadata)
             return
-        save_neutral_torch(self.student, path, name=self.cfg.model.name, metadata=metadata)
+        save_neutral_net(self.student, path, name=self.cfg.model.name, metadata=metadata)
 
     def write(self, folder: Path) -> None:
         """Store student, distiller, optimizer (plus torch RNG) and weight average in
         ``folder``.
         """  # noqa: D205
-        save_neutral_torch(self.student, folder / "student.safetensors", name=self.cfg.model.name)
+        save_neutral_net(self.student, folder / "student.safetensors", name=self.cfg.model.name)
         if self.ema is not None:
             self.ema.save(folder / EMA_FILE, name=self.cfg.model.name)
         if self.distiller is not None:
-            arrays = state_to_neutral(self.distiller)
+            arrays = net_to_neutral(self.distiller)
             if arrays:
                 save_neutral(folder / "distiller.safetensors", arrays, source="torch")
         torch.save(
@@ -403,11 +360,11 @@ class TorchTrainer:
         """
         if self.ema is not None:
             require_ema_file(folder, self.cfg.train.ema)
-        load_neutral_torch(self.student, folder / "student.safetensors")
+        load_neutral_net(self.student, folder / "student.safetensors")
         if self.ema is not None:
             self.ema.load(folder / EMA_FILE, network=self.cfg.model.name)
-        if self.distiller is not None and state_to_neutral(self.distiller):
-            load_neutral_torch(self.distiller, folder / "distiller.safetensors")
+        if self.distiller is not None and net_to_neutral(self.distiller):
+            load_neutral_net(self.distiller, folder / "distiller.safetensors")
         blob = torch.load(folder / "optimizer.pt", map_location="cpu", weights_only=True)
         self.optimizer.load_state_dict(blob["optimizer"])
         torch.set_rng_state(blob["torch_rng"])

@@ -31,12 +31,12 @@ from irkd.weights import (
 
 __all__ = [
     "expected_specs",
-    "load_neutral_torch",
+    "load_neutral_net",
     "neutral_to_pt",
     "pt_to_neutral",
     "read_pt",
-    "save_neutral_torch",
-    "state_to_neutral",
+    "save_neutral_net",
+    "net_to_neutral",
     "write_pt",
 ]
 
@@ -57,7 +57,7 @@ def _to_numpy(name: str, tensor: torch.Tensor) -> np.ndarray:
     return np.ascontiguousarray(t.numpy()).copy()
 
 
-def state_to_neutral(model: nn.Module | Mapping[str, torch.Tensor]) -> dict[str, np.ndarray]:
+def net_to_neutral(model: nn.Module | Mapping[str, torch.Tensor]) -> dict[str, np.ndarray]:
     """Neutral arrays of a model (or of a state dict): numpy copies, no ``num_batches_tracked``.
 
     Args:
@@ -79,7 +79,7 @@ def expected_specs(model: nn.Module) -> dict[str, Spec]:
     }
 
 
-def save_neutral_torch(
+def save_neutral_net(
     model: nn.Module,
     path: str | os.PathLike[str],
     *,
@@ -97,16 +97,14 @@ def save_neutral_torch(
     Returns:
         The written path.
     """
-    return save_neutral(
-        path, state_to_neutral(model), network=name, source=SOURCE, metadata=metadata
-    )
+    return save_neutral(path, net_to_neutral(model), network=name, source=SOURCE, metadata=metadata)
 
 
 def _describe(src: str | os.PathLike[str] | Mapping[str, np.ndarray]) -> str:
     return "weights" if isinstance(src, Mapping) else f"weights file {Path(src).name}"
 
 
-def load_neutral_torch(
+def load_neutral_net(
     model: nn.Module,
     src: str | os.PathLike[str] | Mapping[str, np.ndarray],
     *,
@@ -193,7 +191,7 @@ def read_pt(pt_path: str | os.PathLike[str]) -> tuple[dict[str, np.ndarray], lis
     if bad:
         raise WeightsError(f"{path}: entries that are not tensors: {', '.join(sorted(bad))}")
     dropped = sorted(k for k in state if _is_dropped(k))
-    return state_to_neutral(state), dropped
+    return net_to_neutral(state), dropped
 
 
 def write_pt(

@@ -29,19 +29,10 @@ from collections.abc import Sequence
 import mindspore as ms
 from mindspore import nn, ops
 from mindspore.ops import functional as F
-from mindspore.ops import operations as P
 
 from irkd.zoo import HEAD_BIAS
 
-
-def resize_bilinear_ac(x: ms.Tensor, size: tuple) -> ms.Tensor:
-    """Bilinear resize, align_corners=True, to an explicit (H, W).
-
-    The primitive ``ops.interpolate`` calls for this mode (instantiated per call, as
-    ``ops.interpolate`` does), used directly so that the size may be dynamic (MindIR export).
-    """
-    return P.ResizeBilinearV2(align_corners=True, half_pixel_centers=False)(x, size)
-
+from .layers import batch_norm, conv2d, resize_like
 
 __all__ = [
     "ChannelAttention",
@@ -61,26 +52,6 @@ AUX_NAMES = ("aux1", "aux2", "aux3")
 """Side logits added to the feature dict when ``deep_supervision=True``."""
 
 _STRIDE = 16  # input H and W must be multiples of this (four 2x2 poolings)
-
-
-def _conv(cin: int, cout: int, k: int, bias: bool) -> nn.Conv2d:
-    """Convolution with PyTorch semantics: explicit ``k // 2`` zero padding, stride 1."""
-    return nn.Conv2d(cin, cout, k, pad_mode="pad", padding=k // 2, has_bias=bias)
-
-
-def _bn(c: int) -> nn.BatchNorm2d:
-    """BatchNorm matching ``torch.nn.BatchNorm2d(c)`` (PyTorch momentum 0.1)."""
-    return nn.BatchNorm2d(c, eps=1e-5, momentum=0.9)
-
-
-def _to(x: ms.Tensor, ref: ms.Tensor) -> ms.Tensor:
-    """Bilinear resize of ``x`` to ``ref``'s H, W (explicit size, ``align_corners=True``).
-
-    The primitive ``ops.interpolate`` itself calls for this mode (the same numbers), used
-    directly because ``ops.interpolate`` demands a constant size and so blocks a MindIR with
-    dynamic H, W (see ``deploy_ascend.mindir_export``).
-    """
-    return resize_bilinear_ac(x, (ref.shape[2], ref.shape[3]))
 
 
 def _check_ints(name: str, value: Sequence[int], length: int) -> tuple[int, ...]:
@@ -115,9 +86,9 @@ class ChannelAttention(nn.Cell):
     def __init__(self, channels: int) -> None:
         super().__init__()
         hidden = max(1, channels // 16)
-        self.fc1 = _conv(channels, hidden, 1, bias=False)
+        self.fc1 = conv2d(channels, hidden, 1, bias=False)
         self.relu = nn.ReLU()
-        self.fc2 = _conv(hidden, channels, 1, bias=False)
+        self.fc2 = conv2d(hidden, channels, 1, bias=False)
         self.sigmoid = nn.Sigmoid()
 
     def construct(self, x: ms.Tensor) -> ms.Tensor:
@@ -132,7 +103,7 @@ class SpatialAttention(nn.Cell):
 
     def __init__(self) -> None:
         super().__init__()
-        self.conv = _conv(2, 1, 7, bias=False)
+        self.conv = conv2d(2, 1, 7, bias=False)
         self.sigmoid = nn.Sigmoid()
 
     def construct(self, x: ms.Tensor) -> ms.Tensor:
@@ -154,17 +125,19 @@ class ResCBAMBlock(nn.Cell):
 
     def __init__(self, in_ch: int, out_ch: int) -> None:
         super().__init__()
-        self.conv1 = _conv(in_ch, out_ch, 3, bias=True)
-        self.bn1 = _bn(out_ch)
+        self.conv1 = conv2d(in_ch, out_ch, 3, bias=True)
+        self.bn1 = batch_norm(out_ch)
         self.relu = nn.ReLU()
-        self.conv2 = _conv(out_ch, out_ch, 3, bias=True)
-        self.bn2 = _bn(out_ch)
+        self.conv2 = conv2d(out_ch, out_ch, 3, bias=True)
+        self.bn2 = batch_norm(out_ch)
         self.ca = ChannelAttention(out_ch)
         self.sa = SpatialAttention()
         if in_ch == out_ch:
             self.shortcut = nn.Identity()
         else:
-            self.shortcut = nn.SequentialCell(_conv(in_ch, out_ch, 1, bias=True), _bn(out_ch))
+            self.shortcut = nn.SequentialCell(
+                conv2d(in_ch, out_ch, 1, bias=True), batch_norm(out_ch)
+            )
 
     def construct(self, x: ms.Tensor) -> ms.Tensor:
         """Block output (B, out_ch, H, W)."""
@@ -246,17 +219,17 @@ class DNANet(nn.Cell):
         for name, cin, cout, n in node_specs(nb, blocks, in_channels):
             setattr(self, name, _node(cin, cout, n))
         self.conv0_4_final = _node(nb[0] * 5, nb[0], 1)
-        self.conv0_4_1x1 = _conv(nb[4], nb[0], 1, bias=True)
-        self.conv0_3_1x1 = _conv(nb[3], nb[0], 1, bias=True)
-        self.conv0_2_1x1 = _conv(nb[2], nb[0], 1, bias=True)
-        self.conv0_1_1x1 = _conv(nb[1], nb[0], 1, bias=True)
+        self.conv0_4_1x1 = conv2d(nb[4], nb[0], 1, bias=True)
+        self.conv0_3_1x1 = conv2d(nb[3], nb[0], 1, bias=True)
+        self.conv0_2_1x1 = conv2d(nb[2], nb[0], 1, bias=True)
+        self.conv0_1_1x1 = conv2d(nb[1], nb[0], 1, bias=True)
         if deep_supervision:
-            self.final1 = _conv(nb[0], num_classes, 1, bias=True)
-            self.final2 = _conv(nb[0], num_classes, 1, bias=True)
-            self.final3 = _conv(nb[0], num_classes, 1, bias=True)
-            self.final4 = _conv(nb[0], num_classes, 1, bias=True)
+            self.final1 = conv2d(nb[0], num_classes, 1, bias=True)
+            self.final2 = conv2d(nb[0], num_classes, 1, bias=True)
+            self.final3 = conv2d(nb[0], num_classes, 1, bias=True)
+            self.final4 = conv2d(nb[0], num_classes, 1, bias=True)
         else:
-            self.final = _conv(nb[0], num_classes, 1, bias=True)
+            self.final = conv2d(nb[0], num_classes, 1, bias=True)
         for m in (
             (self.final1, self.final2, self.final3, self.final4)
             if deep_supervision
@@ -340,30 +313,36 @@ class DNANet(nn.Cell):
 
         x0_0 = self.conv0_0(x)
         x1_0 = self.conv1_0(self.pool(x0_0))
-        x0_1 = self.conv0_1(ops.cat((x0_0, _to(x1_0, x0_0)), 1))
+        x0_1 = self.conv0_1(ops.cat((x0_0, resize_like(x1_0, x0_0)), 1))
 
         x2_0 = self.conv2_0(self.pool(x1_0))
-        x1_1 = self.conv1_1(ops.cat((x1_0, _to(x2_0, x1_0), _to(x0_1, x1_0)), 1))
-        x0_2 = self.conv0_2(ops.cat((x0_0, x0_1, _to(x1_1, x0_0)), 1))
+        x1_1 = self.conv1_1(ops.cat((x1_0, resize_like(x2_0, x1_0), resize_like(x0_1, x1_0)), 1))
+        x0_2 = self.conv0_2(ops.cat((x0_0, x0_1, resize_like(x1_1, x0_0)), 1))
 
         x3_0 = self.conv3_0(self.pool(x2_0))
-        x2_1 = self.conv2_1(ops.cat((x2_0, _to(x3_0, x2_0), _to(x1_1, x2_0)), 1))
-        x1_2 = self.conv1_2(ops.cat((x1_0, x1_1, _to(x2_1, x1_0), _to(x0_2, x1_0)), 1))
-        x0_3 = self.conv0_3(ops.cat((x0_0, x0_1, x0_2, _to(x1_2, x0_0)), 1))
+        x2_1 = self.conv2_1(ops.cat((x2_0, resize_like(x3_0, x2_0), resize_like(x1_1, x2_0)), 1))
+        x1_2 = self.conv1_2(
+            ops.cat((x1_0, x1_1, resize_like(x2_1, x1_0), resize_like(x0_2, x1_0)), 1)
+        )
+        x0_3 = self.conv0_3(ops.cat((x0_0, x0_1, x0_2, resize_like(x1_2, x0_0)), 1))
 
         x4_0 = self.conv4_0(self.pool(x3_0))
-        x3_1 = self.conv3_1(ops.cat((x3_0, _to(x4_0, x3_0), _to(x2_1, x3_0)), 1))
-        x2_2 = self.conv2_2(ops.cat((x2_0, x2_1, _to(x3_1, x2_0), _to(x1_2, x2_0)), 1))
-        x1_3 = self.conv1_3(ops.cat((x1_0, x1_1, x1_2, _to(x2_2, x1_0), _to(x0_3, x1_0)), 1))
-        x0_4 = self.conv0_4(ops.cat((x0_0, x0_1, x0_2, x0_3, _to(x1_3, x0_0)), 1))
+        x3_1 = self.conv3_1(ops.cat((x3_0, resize_like(x4_0, x3_0), resize_like(x2_1, x3_0)), 1))
+        x2_2 = self.conv2_2(
+            ops.cat((x2_0, x2_1, resize_like(x3_1, x2_0), resize_like(x1_2, x2_0)), 1)
+        )
+        x1_3 = self.conv1_3(
+            ops.cat((x1_0, x1_1, x1_2, resize_like(x2_2, x1_0), resize_like(x0_3, x1_0)), 1)
+        )
+        x0_4 = self.conv0_4(ops.cat((x0_0, x0_1, x0_2, x0_3, resize_like(x1_3, x0_0)), 1))
 
         fused = self.conv0_4_final(
             ops.cat(
                 (
-                    _to(self.conv0_4_1x1(x4_0), x0_0),
-                    _to(self.conv0_3_1x1(x3_1), x0_0),
-                    _to(self.conv0_2_1x1(x2_2), x0_0),
-                    _to(self.conv0_1_1x1(x1_3), x0_0),
+                    resize_like(self.conv0_4_1x1(x4_0), x0_0),
+                    resize_like(self.conv0_3_1x1(x3_1), x0_0),
+                    resize_like(self.conv0_2_1x1(x2_2), x0_0),
+                    resize_like(self.conv0_1_1x1(x1_3), x0_0),
                     x0_4,
                 ),
                 1,

@@ -22,19 +22,10 @@ from collections.abc import Sequence
 
 import mindspore as ms
 from mindspore import nn, ops
-from mindspore.ops import operations as P
 
 from irkd.zoo import HEAD_BIAS
 
-
-def resize_bilinear_ac(x: ms.Tensor, size: tuple) -> ms.Tensor:
-    """Bilinear resize, align_corners=True, to an explicit (H, W).
-
-    The primitive ``ops.interpolate`` calls for this mode (instantiated per call, as
-    ``ops.interpolate`` does), used directly so that the size may be dynamic (MindIR export).
-    """
-    return P.ResizeBilinearV2(align_corners=True, half_pixel_centers=False)(x, size)
-
+from .layers import batch_norm, conv2d, resize_to
 
 __all__ = ["UNet"]
 
@@ -42,11 +33,11 @@ __all__ = ["UNet"]
 def _double_conv(cin: int, cout: int) -> nn.SequentialCell:
     """Conv3x3 (no bias) + BN + ReLU, twice."""
     return nn.SequentialCell(
-        nn.Conv2d(cin, cout, 3, pad_mode="pad", padding=1, has_bias=False),
-        nn.BatchNorm2d(cout, eps=1e-5, momentum=0.9),
+        conv2d(cin, cout, 3, bias=False),
+        batch_norm(cout),
         nn.ReLU(),
-        nn.Conv2d(cout, cout, 3, pad_mode="pad", padding=1, has_bias=False),
-        nn.BatchNorm2d(cout, eps=1e-5, momentum=0.9),
+        conv2d(cout, cout, 3, bias=False),
+        batch_norm(cout),
         nn.ReLU(),
     )
 
@@ -80,7 +71,7 @@ class UNet(nn.Cell):
         self.dec2 = _double_conv(widths[2] + widths[3], widths[2])
         self.dec1 = _double_conv(widths[1] + widths[2], widths[1])
         self.dec0 = _double_conv(widths[0] + widths[1], widths[0])
-        self.head = nn.Conv2d(widths[0], num_classes, 1, pad_mode="pad", padding=0, has_bias=True)
+        self.head = conv2d(widths[0], num_classes, 1, bias=True)
         self.head.bias.set_data(
             ops.full(self.head.bias.shape, HEAD_BIAS, dtype=ms.float32)
         )  # prior
@@ -88,7 +79,7 @@ class UNet(nn.Cell):
 
     def _up_cat(self, skip: ms.Tensor, deep: ms.Tensor) -> ms.Tensor:
         size = (skip.shape[2], skip.shape[3])
-        up = resize_bilinear_ac(deep, size)  # ops.interpolate's primitive, dynamic-size safe
+        up = resize_to(deep, size)  # ops.interpolate's primitive, dynamic-size safe
         return ops.cat((skip, up), axis=1)
 
     def forward_features(self, x: ms.Tensor) -> tuple[ms.Tensor, dict[str, ms.Tensor]]:

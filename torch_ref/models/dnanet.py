@@ -26,10 +26,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from irkd.zoo import HEAD_BIAS
+
+from .layers import batch_norm, conv2d, resize_like
 
 __all__ = [
     "ChannelAttention",
@@ -49,11 +50,6 @@ AUX_NAMES = ("aux1", "aux2", "aux3")
 """Side logits added to the feature dict when ``deep_supervision=True``."""
 
 _STRIDE = 16  # input H and W must be multiples of this (four 2x2 poolings)
-
-
-def _to(x: Tensor, ref: Tensor) -> Tensor:
-    """Bilinear resize of ``x`` to ``ref``'s H, W (explicit size, ``align_corners=True``)."""
-    return F.interpolate(x, size=ref.shape[-2:], mode="bilinear", align_corners=True)
 
 
 def _check_ints(name: str, value: Sequence[int], length: int) -> tuple[int, ...]:
@@ -88,9 +84,9 @@ class ChannelAttention(nn.Module):
     def __init__(self, channels: int) -> None:
         super().__init__()
         hidden = max(1, channels // 16)
-        self.fc1 = nn.Conv2d(channels, hidden, 1, bias=False)
+        self.fc1 = conv2d(channels, hidden, 1, bias=False)
         self.relu = nn.ReLU()
-        self.fc2 = nn.Conv2d(hidden, channels, 1, bias=False)
+        self.fc2 = conv2d(hidden, channels, 1, bias=False)
 
     def forward(self, x: Tensor) -> Tensor:
         """Attention weights (B, C, 1, 1) in (0, 1)."""
@@ -104,7 +100,7 @@ class SpatialAttention(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(2, 1, 7, padding=3, bias=False)
+        self.conv = conv2d(2, 1, 7, bias=False)
 
     def forward(self, x: Tensor) -> Tensor:
         """Attention weights (B, 1, H, W) in (0, 1)."""
@@ -125,19 +121,19 @@ class ResCBAMBlock(nn.Module):
 
     def __init__(self, in_ch: int, out_ch: int) -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(in_ch, out_ch, 3, padding=1, bias=True)
-        self.bn1 = nn.BatchNorm2d(out_ch, eps=1e-5, momentum=0.1)
+        self.conv1 = conv2d(in_ch, out_ch, 3, bias=True)
+        self.bn1 = batch_norm(out_ch)
         self.relu = nn.ReLU()
-        self.conv2 = nn.Conv2d(out_ch, out_ch, 3, padding=1, bias=True)
-        self.bn2 = nn.BatchNorm2d(out_ch, eps=1e-5, momentum=0.1)
+        self.conv2 = conv2d(out_ch, out_ch, 3, bias=True)
+        self.bn2 = batch_norm(out_ch)
         self.ca = ChannelAttention(out_ch)
         self.sa = SpatialAttention()
         if in_ch == out_ch:
             self.shortcut: nn.Module = nn.Identity()
         else:
             self.shortcut = nn.Sequential(
-                nn.Conv2d(in_ch, out_ch, 1, bias=True),
-                nn.BatchNorm2d(out_ch, eps=1e-5, momentum=0.1),
+                conv2d(in_ch, out_ch, 1, bias=True),
+                batch_norm(out_ch),
             )
 
     def forward(self, x: Tensor) -> Tensor:
@@ -220,17 +216,17 @@ class DNANet(nn.Module):
         for name, cin, cout, n in node_specs(nb, blocks, in_channels):
             setattr(self, name, _node(cin, cout, n))
         self.conv0_4_final = _node(nb[0] * 5, nb[0], 1)
-        self.conv0_4_1x1 = nn.Conv2d(nb[4], nb[0], 1, bias=True)
-        self.conv0_3_1x1 = nn.Conv2d(nb[3], nb[0], 1, bias=True)
-        self.conv0_2_1x1 = nn.Conv2d(nb[2], nb[0], 1, bias=True)
-        self.conv0_1_1x1 = nn.Conv2d(nb[1], nb[0], 1, bias=True)
+        self.conv0_4_1x1 = conv2d(nb[4], nb[0], 1, bias=True)
+        self.conv0_3_1x1 = conv2d(nb[3], nb[0], 1, bias=True)
+        self.conv0_2_1x1 = conv2d(nb[2], nb[0], 1, bias=True)
+        self.conv0_1_1x1 = conv2d(nb[1], nb[0], 1, bias=True)
         if deep_supervision:
-            self.final1 = nn.Conv2d(nb[0], num_classes, 1, bias=True)
-            self.final2 = nn.Conv2d(nb[0], num_classes, 1, bias=True)
-            self.final3 = nn.Conv2d(nb[0], num_classes, 1, bias=True)
-            self.final4 = nn.Conv2d(nb[0], num_classes, 1, bias=True)
+            self.final1 = conv2d(nb[0], num_classes, 1, bias=True)
+            self.final2 = conv2d(nb[0], num_classes, 1, bias=True)
+            self.final3 = conv2d(nb[0], num_classes, 1, bias=True)
+            self.final4 = conv2d(nb[0], num_classes, 1, bias=True)
         else:
-            self.final = nn.Conv2d(nb[0], num_classes, 1, bias=True)
+            self.final = conv2d(nb[0], num_classes, 1, bias=True)
         for m in (
             (self.final1, self.final2, self.final3, self.final4)
             if deep_supervision
@@ -295,29 +291,29 @@ class DNANet(nn.Module):
 
         x0_0 = self.conv0_0(x)
         x1_0 = self.conv1_0(self.pool(x0_0))
-        x0_1 = self.conv0_1(cat(x0_0, _to(x1_0, x0_0)))
+        x0_1 = self.conv0_1(cat(x0_0, resize_like(x1_0, x0_0)))
 
         x2_0 = self.conv2_0(self.pool(x1_0))
-        x1_1 = self.conv1_1(cat(x1_0, _to(x2_0, x1_0), _to(x0_1, x1_0)))
-        x0_2 = self.conv0_2(cat(x0_0, x0_1, _to(x1_1, x0_0)))
+        x1_1 = self.conv1_1(cat(x1_0, resize_like(x2_0, x1_0), resize_like(x0_1, x1_0)))
+        x0_2 = self.conv0_2(cat(x0_0, x0_1, resize_like(x1_1, x0_0)))
 
         x3_0 = self.conv3_0(self.pool(x2_0))
-        x2_1 = self.conv2_1(cat(x2_0, _to(x3_0, x2_0), _to(x1_1, x2_0)))
-        x1_2 = self.conv1_2(cat(x1_0, x1_1, _to(x2_1, x1_0), _to(x0_2, x1_0)))
-        x0_3 = self.conv0_3(cat(x0_0, x0_1, x0_2, _to(x1_2, x0_0)))
+        x2_1 = self.conv2_1(cat(x2_0, resize_like(x3_0, x2_0), resize_like(x1_1, x2_0)))
+        x1_2 = self.conv1_2(cat(x1_0, x1_1, resize_like(x2_1, x1_0), resize_like(x0_2, x1_0)))
+        x0_3 = self.conv0_3(cat(x0_0, x0_1, x0_2, resize_like(x1_2, x0_0)))
 
         x4_0 = self.conv4_0(self.pool(x3_0))
-        x3_1 = self.conv3_1(cat(x3_0, _to(x4_0, x3_0), _to(x2_1, x3_0)))
-        x2_2 = self.conv2_2(cat(x2_0, x2_1, _to(x3_1, x2_0), _to(x1_2, x2_0)))
-        x1_3 = self.conv1_3(cat(x1_0, x1_1, x1_2, _to(x2_2, x1_0), _to(x0_3, x1_0)))
-        x0_4 = self.conv0_4(cat(x0_0, x0_1, x0_2, x0_3, _to(x1_3, x0_0)))
+        x3_1 = self.conv3_1(cat(x3_0, resize_like(x4_0, x3_0), resize_like(x2_1, x3_0)))
+        x2_2 = self.conv2_2(cat(x2_0, x2_1, resize_like(x3_1, x2_0), resize_like(x1_2, x2_0)))
+        x1_3 = self.conv1_3(cat(x1_0, x1_1, x1_2, resize_like(x2_2, x1_0), resize_like(x0_3, x1_0)))
+        x0_4 = self.conv0_4(cat(x0_0, x0_1, x0_2, x0_3, resize_like(x1_3, x0_0)))
 
         fused = self.conv0_4_final(
             cat(
-                _to(self.conv0_4_1x1(x4_0), x0_0),
-                _to(self.conv0_3_1x1(x3_1), x0_0),
-                _to(self.conv0_2_1x1(x2_2), x0_0),
-                _to(self.conv0_1_1x1(x1_3), x0_0),
+                resize_like(self.conv0_4_1x1(x4_0), x0_0),
+                resize_like(self.conv0_3_1x1(x3_1), x0_0),
+                resize_like(self.conv0_2_1x1(x2_2), x0_0),
+                resize_like(self.conv0_1_1x1(x1_3), x0_0),
                 x0_4,
             )
         )

@@ -26,17 +26,19 @@ from torch import nn
 
 from irkd.zoo import HEAD_BIAS
 
+from .layers import batch_norm, conv2d, resize_like
+
 __all__ = ["UNet"]
 
 
 def _double_conv(cin: int, cout: int) -> nn.Sequential:
     """Conv3x3 (no bias) + BN + ReLU, twice."""
     return nn.Sequential(
-        nn.Conv2d(cin, cout, 3, padding=1, bias=False),
-        nn.BatchNorm2d(cout, eps=1e-5, momentum=0.1),
+        conv2d(cin, cout, 3, bias=False),
+        batch_norm(cout),
         nn.ReLU(inplace=False),
-        nn.Conv2d(cout, cout, 3, padding=1, bias=False),
-        nn.BatchNorm2d(cout, eps=1e-5, momentum=0.1),
+        conv2d(cout, cout, 3, bias=False),
+        batch_norm(cout),
         nn.ReLU(inplace=False),
     )
 
@@ -70,12 +72,12 @@ class UNet(nn.Module):
         self.dec2 = _double_conv(widths[2] + widths[3], widths[2])
         self.dec1 = _double_conv(widths[1] + widths[2], widths[1])
         self.dec0 = _double_conv(widths[0] + widths[1], widths[0])
-        self.head = nn.Conv2d(widths[0], num_classes, 1, bias=True)
+        self.head = conv2d(widths[0], num_classes, 1, bias=True)
         nn.init.constant_(self.head.bias, HEAD_BIAS)  # target prior, see irkd.zoo.HEAD_PRIOR
 
     @staticmethod
     def _up_cat(skip: torch.Tensor, deep: torch.Tensor) -> torch.Tensor:
-        up = F.interpolate(deep, size=skip.shape[-2:], mode="bilinear", align_corners=True)
+        up = resize_like(deep, skip)
         return torch.cat([skip, up], dim=1)
 
     def forward_features(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
