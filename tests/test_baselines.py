@@ -1,7 +1,8 @@
 """Baseline distillation losses, both frameworks (torch_ref and ms_impl ``distill.baselines``).
 
-Checked for every baseline: the value against a float64 numpy oracle written here from the
-definitions; values and gradients (w.r.t. ``s``, and w.r.t. the trainable weights of MGD and
+Checked for every baseline: the value against the float64 numpy oracle of the parity suite
+(``parity.oracle.ORACLE_LOSSES``, one oracle for the tests and the suite); values and
+gradients (w.r.t. ``s``, and w.r.t. the trainable weights of MGD and
 FGD, copied by name from PyTorch to MindSpore) across frameworks, with MindSpore in GRAPH_MODE
 inside ``mindspore.value_and_grad``, on random, one-hot-pixel and all-zero features and with
 a mask holding targets or none; zero loss (and gradient) at ``s == t`` where the definition
@@ -20,6 +21,7 @@ from mindspore import nn as msnn
 import ms_impl  # noqa: F401  (sets ONEDNN_MAX_CPU_ISA before MindSpore's first conv)
 from ms_impl.distill import baselines as mb
 from ms_impl.runtime import set_mode
+from parity.oracle import ORACLE_LOSSES
 from torch_ref.distill import baselines as tb
 
 NAMES = ("fitnet", "at", "cwd", "pkd", "mgd", "fgd", "logit_kd")
@@ -173,112 +175,6 @@ def _close_grad(a: np.ndarray, b: np.ndarray, what: str) -> float:
     return diff
 
 
-# ---------------------------------------------------------------- numpy oracle (float64)
-
-
-def _log_softmax(x: np.ndarray, axis: int) -> np.ndarray:
-    m = x.max(axis=axis, keepdims=True)
-    return x - m - np.log(np.exp(x - m).sum(axis=axis, keepdims=True))
-
-
-def _softmax(x: np.ndarray, axis: int) -> np.ndarray:
-    return np.exp(_log_softmax(x, axis))
-
-
-def _conv(x: np.ndarray, w: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Stride-1 convolution, zero padding k // 2 (k odd)."""
-    k = w.shape[-1]
-    p = k // 2
-    xp = np.pad(x, ((0, 0), (0, 0), (p, p), (p, p)))
-    hh, ww = x.shape[2], x.shape[3]
-    out = np.zeros((x.shape[0], w.shape[0], hh, ww))
-    for i in range(k):
-        for j in range(k):
-            out += np.einsum("oc,bchw->bohw", w[:, :, i, j], xp[:, :, i : i + hh, j : j + ww])
-    return out + b.reshape(1, -1, 1, 1)
-
-
-def _oracle(name, t, s, mask, noise, p, weights) -> float:
-    t, s, mask, noise = (a.astype(np.float64) for a in (t, s, mask, noise))
-    b, c, h, w = s.shape
-    if name == "fitnet":
-        return p["loss_weight"] * np.mean((s - t) ** 2)
-    if name == "at":
-
-        def at(x):
-            a = (x**2).mean(axis=1).reshape(b, -1)
-            return a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
-
-        return p["loss_weight"] * np.mean((at(s) - at(t)) ** 2)
-    if name == "cwd":
-        lt = _log_softmax(t.reshape(b, c, -1) / p["tau"], -1)
-        ls = _log_softmax(s.reshape(b, c, -1) / p["tau"], -1)
-        kl = (np.exp(lt) * (lt - ls)).sum()
-        return p["loss_weight"] * p["tau"] ** 2 * kl / (b * c)
-    if name == "pkd":
-
-        def norm(x):
-            m = x.mean(axis=(0, 2, 3), keepdims=True)
-            sd = x.transpose(1, 0, 2, 3).reshape(c, -1).std(axis=1, ddof=1).reshape(1, c, 1, 1)
-            return (x - m) / (sd + 1e-6)
-
-        return p["loss_weight"] * np.mean((norm(s) - norm(t)) ** 2) / 2
-    if name == "mgd":
-        keep = (noise >= p["lambda_mgd"]).astype(np.float64)
-        x = _conv(s * keep, weights["generation.0.weight"], weights["generation.0.bias"])
-        x = _conv(np.maximum(x, 0), weights["generation.2.weight"], weights["generation.2.bias"])
-        return p["alpha_mgd"] * ((x - t) ** 2).sum() / b
-    if name == "fgd":
-        k = mask.shape[2] // h
-        region = mask.reshape(b, 1, h, k, w, k).max(axis=(3, 5))
-        back = 1 - region
-        w_fg = region / np.maximum(region.sum(axis=(2, 3), keepdims=True), 1)
-        w_bg = back / np.maximum(back.sum(axis=(2, 3), keepdims=True), 1)
-
-        def att(x):
-            v = np.abs(x)
-            a_s = h * w * _softmax(v.mean(axis=1).reshape(b, -1) / p["temp"], 1)
-            a_c = c * _softmax(v.mean(axis=(2, 3)) / p["temp"], 1)
-            return a_s.reshape(b, 1, h, w), a_c.reshape(b, c, 1, 1)
-
-        def gc(x, sfx):
-            wm, bm = weights[f"conv_mask_{sfx}.weight"], weights[f"conv_mask_{sfx}.bias"]
-            logits = np.einsum("oc,bchw->bohw", wm[:, :, 0, 0], x) + bm.reshape(1, -1, 1, 1)
-            att_w = _softmax(logits.reshape(b, 1, -1), 2)
-            ctx = (x.reshape(b, c, -1) * att_w).sum(axis=2).reshape(b, c, 1, 1)
-            pre = f"channel_add_conv_{sfx}"
-            y = _conv(ctx, weights[f"{pre}.0.weight"], weights[f"{pre}.0.bias"])
-            mu = y.mean(axis=(1, 2, 3), keepdims=True)
-            var = y.var(axis=(1, 2, 3), keepdims=True)
-            y = (y - mu) / np.sqrt(var + 1e-5) * weights[f"{pre}.1.weight"] + weights[
-                f"{pre}.1.bias"
-            ]
-            y = _conv(np.maximum(y, 0), weights[f"{pre}.3.weight"], weights[f"{pre}.3.bias"])
-            return x + y
-
-        as_t, ac_t = att(t)
-        as_s, ac_s = att(s)
-        d = as_t * ac_t * (s - t) ** 2
-        fg = (w_fg * d).sum() / b
-        bg = (w_bg * d).sum() / b
-        at_l = (np.abs(ac_s - ac_t).sum() + np.abs(as_s - as_t).sum()) / b
-        glob = ((gc(s, "s") - gc(t, "t")) ** 2).sum() / b
-        return (
-            p["alpha_fgd"] * fg
-            + p["beta_fgd"] * bg
-            + p["gamma_fgd"] * at_l
-            + p["lambda_fgd"] * glob
-        )
-    if name == "logit_kd":
-        zt, zs = t / p["tau"], s / p["tau"]
-        log_p, log_1p = -np.logaddexp(0, -zt), -np.logaddexp(0, zt)
-        log_q, log_1q = -np.logaddexp(0, -zs), -np.logaddexp(0, zs)
-        pt = np.exp(log_p)
-        kl = pt * (log_p - log_q) + (1 - pt) * (log_1p - log_1q)
-        return p["loss_weight"] * p["tau"] ** 2 * kl.mean()
-    raise ValueError(name)  # pragma: no cover
-
-
 # ---------------------------------------------------------------- tests
 
 
@@ -351,7 +247,7 @@ def test_parity_value_and_grad(name, feat, mask_kind):
     assert vt >= -1e-6  # every baseline is a divergence or a sum of squares
     assert abs(vt - vm) <= VALUE_RTOL * abs(vt) + VALUE_ATOL, (vt, vm)
     weights = {k: v.detach().numpy().astype(np.float64) for k, v in tl.state_dict().items()}
-    ref = _oracle(name, t, s, mask, noise, tb.BASELINE_DEFAULTS[name], weights)
+    ref = ORACLE_LOSSES[name](t, s, mask, noise, tb.BASELINE_DEFAULTS[name], weights or None)
     assert abs(vt - ref) <= ORACLE_RTOL * abs(ref) + ORACLE_ATOL, (vt, ref)
 
     _close_grad(gs_m, gs_t, f"{name} d/ds")
