@@ -643,13 +643,13 @@ def _cmd_parity(args: argparse.Namespace) -> int:
 def _run_training(args: argparse.Namespace, mode: str) -> int:
     import time
 
-    from irkd.config import load_config
+    from irkd.config import is_distill, load_config
 
     if args.resume and not args.out:
         raise ValueError("--resume needs --out RUN_DIR (the run folder to continue)")
     config, items = _split_config_args(args)
     cfg = load_config(config, items)
-    distill = cfg.teacher is not None and cfg.method.name != "none"
+    distill = is_distill(cfg)
     if mode == "distill" and not distill:
         raise ValueError(
             f"{config}: irkd distill needs a teacher (teacher.name, teacher.checkpoint) and a "
@@ -768,7 +768,7 @@ study file, 130 interrupted.
 
 def _eval_inputs(args: argparse.Namespace) -> dict:
     """Resolve weights, network, backend, data root, normalisation and teacher for eval."""
-    from irkd.config import load_config
+    from irkd.config import is_distill, load_config
     from irkd.weights import extra_metadata, load_neutral
 
     cfg = None
@@ -810,7 +810,7 @@ def _eval_inputs(args: argparse.Namespace) -> dict:
         teacher = (args.teacher_network, Path(args.teacher), {})
         if args.teacher_network is None:
             raise ValueError("--teacher needs --teacher-network NAME")
-    elif cfg is not None and cfg.teacher is not None and cfg.method.name != "none":
+    elif cfg is not None and is_distill(cfg):
         if cfg.teacher.checkpoint and Path(cfg.teacher.checkpoint).is_file():
             teacher = (cfg.teacher.name, Path(cfg.teacher.checkpoint), dict(cfg.teacher.kwargs))
     return {

@@ -23,6 +23,7 @@ import yaml
 from irkd.zoo import UnknownNetworkError, check_network
 
 __all__ = [
+    "is_distill",
     "ConfigError",
     "DataConfig",
     "NetConfig",
@@ -594,3 +595,8 @@ def save_config(cfg: ExperimentConfig, path: str | Path) -> None:
     tmp = p.with_suffix(p.suffix + ".tmp")
     tmp.write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
     tmp.replace(p)
+
+
+def is_distill(cfg: ExperimentConfig) -> bool:
+    """Whether a config distills (a teacher and a method other than ``none``)."""
+    return cfg.teacher is not None and cfg.method.name != "none"

@@ -92,6 +92,7 @@ from irkd.config import (
     OptimConfig,
     ScheduleConfig,
     config_to_dict,
+    is_distill,
     load_config,
     save_config,
 )
@@ -118,7 +119,6 @@ except ImportError:  # pragma: no cover - not POSIX: no run folder lock
     fcntl = None  # type: ignore[assignment]
 
 __all__ = [
-    "is_distill",
     "net_kwargs",
     "check_same_config",
     "EMA_FILE",
@@ -953,11 +953,6 @@ def progress(
 
 
 # ----------------------------------------------------------------------------- configs
-
-
-def is_distill(cfg: ExperimentConfig) -> bool:
-    """Whether a config distills (a teacher and a method other than ``none``)."""
-    return cfg.teacher is not None and cfg.method.name != "none"
 
 
 def net_kwargs(net: NetConfig, *, deep_supervision: bool = False) -> dict[str, Any]:

@@ -126,13 +126,12 @@ import mindspore as ms
 import numpy as np
 from mindspore import nn, ops
 
-from irkd.config import ConfigError, ExperimentConfig
+from irkd.config import ConfigError, ExperimentConfig, is_distill
 from irkd.dist import World, check_supported, shard_noise
 from irkd.engine import (
     EMA_FILE,
     Forward,
     check_finite,
-    is_distill,
     net_kwargs,
     noise_for,
     require_ema_file,

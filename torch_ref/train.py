@@ -51,13 +51,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from irkd.config import ConfigError, ExperimentConfig
+from irkd.config import ConfigError, ExperimentConfig, is_distill
 from irkd.dist import World, check_supported, shard_noise
 from irkd.engine import (
     EMA_FILE,
     Forward,
     check_finite,
-    is_distill,
     net_kwargs,
     noise_for,
     require_ema_file,

@@ -32,6 +32,7 @@ from irkd.config import (
     NetConfig,
     apply_overrides,
     config_to_dict,
+    is_distill,
 )
 from irkd.study.spec import Row, Study, StudyError, grid_value
 from irkd.zoo import STAGES, get_spec
@@ -312,7 +313,7 @@ def build_plan(study: Study, runs_root: Path, done_val: Mapping[str, float | Non
             plan.runs[run_id].roles.append(role)
             return run_id
         run_id = f"{cfg.name}-{h}"
-        mode = "distill" if cfg.teacher is not None and cfg.method.name != "none" else "train"
+        mode = "distill" if is_distill(cfg) else "train"
         plan.runs[run_id] = RunSpec(run_id, cfg.name, ds, mode, cfg, teacher, [role])
         by_hash[h] = run_id
         return run_id

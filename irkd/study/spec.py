@@ -15,7 +15,14 @@ from typing import Any
 
 import yaml
 
-from irkd.config import ConfigError, ExperimentConfig, apply_overrides, load_config, yaml_load
+from irkd.config import (
+    ConfigError,
+    ExperimentConfig,
+    apply_overrides,
+    is_distill,
+    load_config,
+    yaml_load,
+)
 
 __all__ = ["DatasetSpec", "Row", "Study", "StudyError", "Tuning", "grid_value", "load_study"]
 
@@ -306,7 +313,7 @@ def _load_configs(study: Study) -> None:
                 teacher = load_config(spec.teacher)
             except ConfigError as exc:
                 raise study.fail(f"{key}.teacher", str(exc)) from None
-            if teacher.teacher is not None and teacher.method.name != "none":
+            if is_distill(teacher):
                 raise study.fail(
                     f"{key}.teacher",
                     f"{spec.teacher} distills ({teacher.method.name}); a teacher trains alone: "
