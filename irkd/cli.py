@@ -12,7 +12,9 @@ import errno
 import os
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 __all__ = ["main", "build_parser"]
 
@@ -766,7 +768,31 @@ study file, 130 interrupted.
 # ----------------------------------------------------------------------------- eval
 
 
-def _eval_inputs(args: argparse.Namespace) -> dict:
+@dataclass(frozen=True)
+class EvalInputs:
+    """What ``irkd eval`` evaluates, resolved from ``--run`` / ``--weights`` and the file.
+
+    Attributes:
+        cfg: The run's config (``--run``), or None.
+        weights: The weights file.
+        network: Registry name of the network.
+        backend: ``pytorch`` or ``mindspore``.
+        root: Dataset root.
+        meta: The weights' metadata (normalisation, padding multiple, data root).
+        teacher: ``(network, weights file, kwargs)`` of the teacher for the MSA figures, or
+            None.
+    """
+
+    cfg: Any
+    weights: Path
+    network: str
+    backend: str
+    root: Path
+    meta: dict
+    teacher: tuple[str, Path, dict] | None
+
+
+def _eval_inputs(args: argparse.Namespace) -> EvalInputs:
     """Resolve weights, network, backend, data root, normalisation and teacher for eval."""
     from irkd.config import is_distill, load_config
     from irkd.weights import extra_metadata, load_neutral
@@ -813,15 +839,7 @@ def _eval_inputs(args: argparse.Namespace) -> dict:
     elif cfg is not None and is_distill(cfg):
         if cfg.teacher.checkpoint and Path(cfg.teacher.checkpoint).is_file():
             teacher = (cfg.teacher.name, Path(cfg.teacher.checkpoint), dict(cfg.teacher.kwargs))
-    return {
-        "cfg": cfg,
-        "weights": weights,
-        "network": network,
-        "backend": backend,
-        "root": root,
-        "meta": meta,
-        "teacher": teacher,
-    }
+    return EvalInputs(cfg, weights, network, backend, root, meta, teacher)
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
@@ -834,7 +852,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from irkd.reports import format_metrics
 
     inp = _eval_inputs(args)
-    cfg, meta, root = inp["cfg"], inp["meta"], inp["root"]
+    cfg, meta, root = inp.cfg, inp.meta, inp.root
     layout = cfg.data.layout if cfg is not None else "auto"
     dataset = IRSTDDataset(root, args.split, layout=layout)
     if meta.get("mean") is not None and meta.get("std") is not None:
@@ -851,16 +869,16 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         )
     multiple = int(meta.get("eval_multiple") or (cfg.data.eval_multiple if cfg else 32))
 
-    backend = inp["backend"]
+    backend = inp.backend
     modname = "torch_ref.predict" if backend == "pytorch" else "ms_impl.predict"
     try:
         pred = importlib.import_module(modname)
     except ImportError as exc:
         raise ValueError(f"backend {backend} is not available here: {exc}") from None
-    net = pred.load_network(inp["network"], inp["weights"])
+    net = pred.load_network(inp.network, inp.weights)
     msa = None
-    if inp["teacher"] is not None:
-        t_name, t_path, t_kwargs = inp["teacher"]
+    if inp.teacher is not None:
+        t_name, t_path, t_kwargs = inp.teacher
         teacher = pred.load_network(t_name, t_path, **t_kwargs)
         method = cfg.method if cfg is not None else MethodConfig()
 
@@ -876,7 +894,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     elif args.run:
         out = Path(args.run) / f"eval-{args.split}"
     else:
-        out = Path("runs") / f"eval-{inp['weights'].stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+        out = Path("runs") / f"eval-{inp.weights.stem}-{time.strftime('%Y%m%d-%H%M%S')}"
     report = evaluate_split(
         dataset,
         pred.forward_fn(net),
@@ -887,14 +905,14 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         sample_ids=sample_ids,
         msa=msa,
         context={
-            "weights": str(inp["weights"]),
-            "network": inp["network"],
+            "weights": str(inp.weights),
+            "network": inp.network,
             "backend": backend,
-            "teacher": str(inp["teacher"][1]) if inp["teacher"] else None,
+            "teacher": str(inp.teacher[1]) if inp.teacher else None,
         },
-        title=f"{inp['network']} on {dataset.name}/{args.split}",
+        title=f"{inp.network} on {dataset.name}/{args.split}",
     )
-    print(f"{inp['network']} on {dataset.name}/{args.split}: {format_metrics(report)}")
+    print(f"{inp.network} on {dataset.name}/{args.split}: {format_metrics(report)}")
     print(f"report written to {out} (metrics.json, roc.png, samples/: {len(report['samples'])})")
     return EXIT_OK
 
