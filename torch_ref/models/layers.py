@@ -27,5 +27,9 @@ def resize_to(x: Tensor, size: tuple[int, int]) -> Tensor:
 
 
 def resize_like(x: Tensor, ref: Tensor) -> Tensor:
-    """:func:`resize_to` the H, W of ``ref``."""
-    return resize_to(x, (int(ref.shape[-2]), int(ref.shape[-1])))
+    """:func:`resize_to` the H, W of ``ref``.
+
+    The size stays ``ref.shape[-2:]`` (no ``int()``): an ONNX export traces it as a shape
+    expression, so the exported graph keeps dynamic H, W.
+    """
+    return F.interpolate(x, size=ref.shape[-2:], mode="bilinear", align_corners=True)
