@@ -1350,8 +1350,8 @@ def run_training(
     """
     t_start = time.perf_counter()
     path = Path(run_dir)
-    if world is not None and not world.is_main:
-        world.barrier()  # rank 0 has checked the run folder and prepared the data
+
+    def run(*, quiet: bool) -> dict[str, Any]:
         return _run_locked(
             cfg,
             RunDir(path),
@@ -1360,10 +1360,14 @@ def run_training(
             cache_dir=cache_dir,
             synth_size=synth_size,
             stop_after=stop_after,
-            quiet=True,
+            quiet=quiet,
             t_start=t_start,
             world=world,
         )
+
+    if world is not None and not world.is_main:
+        world.barrier()  # rank 0 has checked the run folder and prepared the data
+        return run(quiet=True)
     # Nothing is written or deleted before the folder is known to be ours (or new).
     check_run_folder(path, cfg, resume=resume)
     existed = path.exists()
@@ -1379,18 +1383,7 @@ def run_training(
                     path / RUN_MARKER,
                     "irkd run folder: irkd train/distill write here, one process at a time\n",
                 )
-            return _run_locked(
-                cfg,
-                RunDir(path),
-                make_trainer,
-                resume=resume,
-                cache_dir=cache_dir,
-                synth_size=synth_size,
-                stop_after=stop_after,
-                quiet=quiet,
-                t_start=t_start,
-                world=world,
-            )
+            return run(quiet=quiet)
     except Exception:
         if created and not (path / "log.jsonl").exists():
             _remove_unstarted(path, keep_folder=existed)  # failed before it started

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -138,8 +139,6 @@ def _training_faults(tmp_path: Path, backend: str, yaml_text: str, n_points: int
             lines = again.stderr.strip().splitlines()
             assert len(lines) == 1 and "Traceback" not in again.stderr, (k, again.stderr)
         assert _digest(tmp_path, skip=("run", ".run", "count")) == outside, k
-        import shutil
-
         shutil.rmtree(run)
 
 
