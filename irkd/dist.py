@@ -67,6 +67,7 @@ __all__ = [
     "check_supported",
     "free_port",
     "launch_command",
+    "launch_env",
     "launcher_env",
     "per_rank_batch",
     "shard_noise",
@@ -253,6 +254,26 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def launch_env(env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment for a launcher: this interpreter's folder first on ``PATH``.
+
+    ``msrun`` starts each worker as ``python SCRIPT``, looked up on ``PATH``; a virtual
+    environment used by its full path (``.venv/bin/irkd``, CI) but not activated would give
+    the workers the system Python, without MindSpore.
+
+    Args:
+        env: The environment to start from (default: this process's).
+
+    Returns:
+        A copy of ``env`` whose ``PATH`` starts with ``sys.executable``'s folder.
+    """
+    out = dict(os.environ if env is None else env)
+    here = str(Path(sys.executable).parent)
+    rest = [p for p in out.get("PATH", "").split(os.pathsep) if p and p != here]
+    out["PATH"] = os.pathsep.join([here, *rest])
+    return out
 
 
 def launch_command(

@@ -43,6 +43,7 @@ from typing import Any
 
 from irkd.config import ConfigError, load_config
 from irkd.dist import launch_command as dist_launch_command
+from irkd.dist import launch_env
 
 __all__ = ["Job", "is_remote", "launch_command", "main", "node_facts", "parse_job"]
 
@@ -326,7 +327,7 @@ def launch_command(
 
 def _run(cmd: Sequence[str], cwd: Path) -> int:
     print("irkd modelarts: " + shlex.join(cmd), flush=True)
-    return subprocess.call(list(cmd), cwd=cwd)
+    return subprocess.call(list(cmd), cwd=cwd, env=launch_env())
 
 
 def _config_path(config: str) -> Path:

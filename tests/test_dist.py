@@ -22,6 +22,7 @@ from irkd.data import IRSTDDataset, TrainBatches, synthesize
 from irkd.dist import (
     ShardedBatches,
     check_supported,
+    launch_env,
     launcher_env,
     per_rank_batch,
     shard_noise,
@@ -49,7 +50,11 @@ def _port() -> int:
 
 
 def _env(backend: str) -> dict[str, str]:
-    env = dict(os.environ)
+    # as in CI: the virtual environment is used by its path, not activated (msrun's workers
+    # run ``python SCRIPT`` from PATH; irkd.dist.launch_env puts this interpreter first)
+    here = str(Path(sys.executable).parent)
+    path = [p for p in os.environ.get("PATH", "").split(os.pathsep) if p != here]
+    env = launch_env({**os.environ, "PATH": os.pathsep.join(path)})
     for var in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "RANK_SIZE", "RANK_ID", "MS_ROLE"):
         env.pop(var, None)
     env["IRKD_TORCH_THREADS"] = "1"
@@ -92,6 +97,14 @@ def _cli(args: list[str], backend: str, nproc: int, log_dir: Path, timeout: int 
         for f in sorted(log_dir.glob("worker_*.log")):
             out += f"\n=== {f.name}\n" + f.read_text(errors="replace")
     return proc.returncode, out, time.monotonic() - t0
+
+
+def test_launch_env_puts_this_interpreter_first():
+    here = str(Path(sys.executable).parent)
+    env = launch_env({"PATH": os.pathsep.join(["/usr/bin", here, "/bin"]), "X": "1"})
+    assert env["PATH"].split(os.pathsep) == [here, "/usr/bin", "/bin"]
+    assert env["X"] == "1"
+    assert launch_env({})["PATH"] == here
 
 
 def _run_ok(args, backend, nproc, log_dir):

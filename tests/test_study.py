@@ -251,6 +251,21 @@ def test_dry_run_statuses_and_only(tmp_path, capsys):
     assert rc == 0 and len(out) == 3 and all("-s1-" in line for line in out[:2])
 
 
+def test_interrupted_runs_resume_before_new_ones_start(tmp_path):
+    runner = StudyRunner(
+        load_study(write_study(tmp_path)),
+        Options(runs_dir=tmp_path / "W", results_dir=tmp_path / "R"),
+    )
+    plan = runner.plan
+    ids = list(plan.runs)
+    last = ids[-1]
+    ck = tmp_path / "W/tiny" / last / "checkpoints/last"
+    ck.mkdir(parents=True)
+    (ck / "state.json").write_text(json.dumps({"epoch": 1}))
+    order = [run_id for run_id, _ in runner._order(plan)]
+    assert order == [last, *ids[:-1]]
+
+
 def test_committed_results_count_as_done_and_a_needed_teacher_is_retrained(tmp_path):
     # A fresh machine: the run folders are gone, the committed results/ are there.
     path = write_study(tmp_path)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import fnmatch
-import os
 import shutil
 import signal
 import sys
@@ -25,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from irkd.config import save_config
-from irkd.dist import free_port, launch_command
+from irkd.dist import free_port, launch_command, launch_env
 from irkd.engine import resolve_dataset
 from irkd.reports import write_json_atomic, write_text_atomic
 from irkd.study.plan import Plan, RunSpec, build_plan, validate_study
@@ -292,7 +291,7 @@ class StudyRunner:
 
     def _env(self, run: RunSpec) -> dict[str, str]:
         t = str(self.study.threads)
-        env = dict(os.environ)
+        env = launch_env()  # msrun's workers find this interpreter
         env.update(
             IRKD_TORCH_THREADS=t, OMP_NUM_THREADS=t, OMP_WAIT_POLICY="PASSIVE", PYTHONUNBUFFERED="1"
         )
@@ -361,8 +360,15 @@ class StudyRunner:
         why = f"exit {rc}" if rc != 0 else "exit 0 without metrics.json"
         return f"{why}; {folder / LOG_NAME}:\n" + "\n".join(f"    {line}" for line in tail)
 
+    def _order(self, plan: Plan) -> list[tuple[str, RunSpec]]:
+        """The runs in plan order, interrupted ones first (their work is half done)."""
+        items = list(plan.runs.items())
+        return sorted(items, key=lambda kv: self.status(kv[0]).state != "partial")
+
     def run(self) -> int:
         """Run every selected run not done yet, ``workers`` at a time; then report.
+
+        Interrupted runs resume before new runs start; the rest go in plan order.
 
         Returns:
             0 when every selected run is done, 1 when some failed or could not start,
@@ -386,7 +392,7 @@ class StudyRunner:
             old = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
             try:
                 while True:
-                    for run_id, run in plan.runs.items():
+                    for run_id, run in self._order(plan):
                         if len(running) >= max(1, self.opts.workers):
                             break
                         if (
