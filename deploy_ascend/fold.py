@@ -183,7 +183,7 @@ def evaluate_mindir(
     """IRSTD metrics of a dynamic MindIR on a split, run through ``nn.GraphCell``."""
     from deploy_ascend.mindir_export import load_mindir
     from irkd.data import IRSTDDataset
-    from irkd.engine import evaluate_predictions, predict_split, summary_metrics
+    from irkd.evaluate import evaluate_predictions, predict_split, summary_metrics
 
     cell = load_mindir(path)
 

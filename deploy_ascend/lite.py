@@ -39,7 +39,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from irkd.reports import write_text_atomic
+from irkd.files import write_text_atomic
 
 __all__ = [
     "AIPP_INPUT_FORMATS",

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -38,7 +37,7 @@ import numpy as np
 from mindspore import nn
 
 import ms_impl  # noqa: F401  (sets ONEDNN_MAX_CPU_ISA before MindSpore's first convolution)
-from irkd.reports import file_mode
+from irkd.files import atomic_path
 
 __all__ = [
     "DynamicShapeError",
@@ -162,17 +161,12 @@ def export_mindir(
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise ValueError(f"export_mindir: {name} must be a positive integer, got {v!r}")
     dest = _final_path(path)
-    dest.parent.mkdir(parents=True, exist_ok=True)
     if dynamic:
         spec = ms.Tensor(shape=[None, channels, None, None], dtype=ms.float32)
     else:
         spec = ms.Tensor(np.zeros((batch, channels, height, width), np.float32))
-    fd, tmp_name = tempfile.mkstemp(
-        prefix=f".{dest.stem}.", suffix=f".tmp{SUFFIX}", dir=dest.parent
-    )
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
+    # atomic_path also gives the file the umask's mode: mindspore.export leaves it 0o400.
+    with atomic_path(dest) as tmp:
         with _eval_mode(net):
             try:
                 ms.export(net, spec, file_name=str(tmp), file_format="MINDIR")
@@ -186,17 +180,6 @@ def export_mindir(
                 ) from exc
             if dynamic:
                 _probe_dynamic(tmp, net, channels, height + 32, width + 32)
-        with contextlib.suppress(OSError):
-            os.chmod(tmp, file_mode())  # mindspore.export leaves it owner-read-only (0o400)
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, dest)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
     return dest
 
 

@@ -35,7 +35,7 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
-from irkd.weights import atomic_path
+from irkd.files import atomic_path
 
 __all__ = [
     "DEFAULT_OPSET",

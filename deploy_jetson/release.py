@@ -177,7 +177,7 @@ def evaluate_onnx(
     """
     from deploy_jetson.onnx_export import INPUT_NAME, ort_session
     from irkd.data import IRSTDDataset
-    from irkd.engine import evaluate_predictions, predict_split, summary_metrics
+    from irkd.evaluate import evaluate_predictions, predict_split, summary_metrics
 
     session = ort_session(path, ["CPUExecutionProvider"])
 

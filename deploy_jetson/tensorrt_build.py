@@ -30,7 +30,7 @@ import onnx
 
 from deploy_jetson.onnx_export import INPUT_NAME
 from deploy_jetson.trt_ops import DEFAULT_TRT_VERSION, check_trt_ops
-from irkd.weights import atomic_path
+from irkd.files import atomic_path
 
 __all__ = [
     "CalibrationCache",

@@ -29,7 +29,7 @@ def _cmd_data_check(args: argparse.Namespace) -> int:
     report = check_dataset(args.root, layout=args.layout)
     print(format_report(report))
     if args.json:
-        from irkd.reports import write_json_atomic
+        from irkd.files import write_json_atomic
 
         write_json_atomic(args.json, report.to_dict())
     return EXIT_OK if report.ok else EXIT_FAIL
@@ -52,8 +52,9 @@ def _cmd_data_synth(args: argparse.Namespace) -> int:
 
 
 def _cmd_score(args: argparse.Namespace) -> int:
+    from irkd.files import write_json_atomic
     from irkd.metrics.score import score_predictions
-    from irkd.reports import format_metrics, write_json_atomic
+    from irkd.reports import format_metrics
 
     result = score_predictions(
         args.pred_dir, args.data, args.split, threshold=args.threshold, layout=args.layout
@@ -180,7 +181,7 @@ def _cmd_models(args: argparse.Namespace) -> int:
     if mmodels is not None and not warnings:
         print("parameter counts agree between the MindSpore and PyTorch twins")
     if args.json:
-        from irkd.reports import write_json_atomic
+        from irkd.files import write_json_atomic
 
         write_json_atomic(
             args.json,
@@ -331,7 +332,7 @@ def _cmd_bench_steps(args: argparse.Namespace) -> int:
             print("\none busy process next to the step (--contention):")
             print(format_contention(rows))
     if args.out:
-        from irkd.reports import write_json_atomic
+        from irkd.files import write_json_atomic
 
         write_json_atomic(Path(args.out), {"kind": "irkd-bench-steps", "rows": rows})
         if args.only is None:
@@ -489,7 +490,7 @@ def _cmd_bench_latency(args: argparse.Namespace) -> int:
         )
     print(format_latency(result))
     if args.out:
-        from irkd.reports import write_json_atomic
+        from irkd.files import write_json_atomic
 
         write_json_atomic(Path(args.out), result)
         print(f"written: {args.out}")
@@ -501,7 +502,7 @@ def _cmd_bench_pareto(args: argparse.Namespace) -> int:
     import subprocess
     import tempfile
 
-    from irkd.reports import write_json_atomic
+    from irkd.files import write_json_atomic
 
     if args.part:
         spec = json.loads(Path(args.spec).read_text(encoding="utf-8"))
@@ -594,7 +595,7 @@ def _cmd_bench_pareto(args: argparse.Namespace) -> int:
     text = pareto.format_pareto(result)
     print(text)
     write_json_atomic(out_dir / "pareto.json", result)
-    from irkd.reports import write_text_atomic
+    from irkd.files import write_text_atomic
 
     write_text_atomic(out_dir / "pareto.md", text + "\n")
     pareto.plot_pareto(result, out_dir / "pareto.png")
@@ -826,7 +827,7 @@ def _eval_inputs(args: argparse.Namespace) -> EvalInputs:
     elif meta.get("data_root"):
         root = Path(meta["data_root"])
     elif cfg is not None:
-        from irkd.engine import resolve_dataset
+        from irkd.data.prepare import resolve_dataset
 
         root = resolve_dataset(cfg.data, args.cache)
     else:

@@ -20,6 +20,7 @@ from typing import Any, Literal, get_args, get_origin
 
 import yaml
 
+from irkd.files import write_text_atomic
 from irkd.zoo import UnknownNetworkError, check_network
 
 __all__ = [
@@ -211,7 +212,7 @@ class TrainConfig:
         keep_last: Number of last checkpoints to keep.
         ema: Decay of an exponential moving average of the student's weights (0 disables
             it; typical 0.99 to 0.9999). After optimizer step ``t`` (1-based),
-            ``d = min(ema, (1 + t) / (10 + t))`` (:func:`irkd.engine.ema_decay`) and every
+            ``d = min(ema, (1 + t) / (10 + t))`` (:func:`irkd.schedule.ema_decay`) and every
             floating-point tensor of the student (parameters and BatchNorm statistics)
             becomes ``e = d * e + (1 - d) * w``, starting from the initial weights. When
             on, validation, ``best.safetensors``, ``last.safetensors`` and so the test
@@ -589,12 +590,8 @@ def load_config(
 
 
 def save_config(cfg: ExperimentConfig, path: str | Path) -> None:
-    """Write the resolved config as YAML (loadable again with :func:`load_config`)."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_suffix(p.suffix + ".tmp")
-    tmp.write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
-    tmp.replace(p)
+    """Write the resolved config as YAML, atomically (loadable again with :func:`load_config`)."""
+    write_text_atomic(path, yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
 
 
 def is_distill(cfg: ExperimentConfig) -> bool:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from irkd.config import ExperimentConfig, NetConfig, apply_overrides, load_config
-from irkd.reports import write_json_atomic
+from irkd.files import write_json_atomic
 
 __all__ = ["DEFAULT_CONFIG", "plan_demo", "run_demo", "format_summary"]
 

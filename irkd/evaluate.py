@@ -1,7 +1,13 @@
-"""Framework-free evaluation reports: metrics JSON, the Pd-Fa ROC plot, sample figures.
+"""Framework-free evaluation: scoring a network on a split, and the reports on disk.
 
-:func:`evaluate_split` runs any backend's network (given as a numpy callable) over a split and
-writes the report with :func:`write_eval_report`:
+A network is any numpy callable (:data:`Forward`). :func:`predict_split` runs it over a
+split at native resolution (sigmoid probabilities of full padded images cropped back),
+:class:`Evaluator` / :func:`evaluate_predictions` score them with
+:class:`irkd.metrics.IRSTDMetrics`, and :func:`test_metrics` scores a run's prepared TEST
+split.
+
+:func:`evaluate_split` runs a network over a split and writes the report with
+:func:`write_eval_report`:
 
 - ``metrics.json``: IoU, nIoU, Pd, Fa (and ``fa_1e6``), the counts, the ROC points and
   whatever context the caller adds (weights, network, split);
@@ -14,18 +20,150 @@ writes the report with :func:`write_eval_report`:
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from irkd.data import IRSTDDataset, crop_back, iter_eval
-from irkd.engine import Evaluator, progress, sigmoid, summary_metrics
-from irkd.reports import plot_roc, write_json_atomic
+from irkd.files import write_json_atomic
+from irkd.metrics import IRSTDMetrics
+from irkd.progress import progress
+from irkd.reports import plot_roc
 
-__all__ = ["Sample", "choose_ids", "evaluate_split", "render_sample", "write_eval_report"]
+if TYPE_CHECKING:
+    from irkd.data.prepare import PreparedData
+
+__all__ = [
+    "Evaluator",
+    "Forward",
+    "Sample",
+    "choose_ids",
+    "evaluate_predictions",
+    "evaluate_split",
+    "predict_split",
+    "render_sample",
+    "sigmoid",
+    "summary_metrics",
+    "test_metrics",
+    "write_eval_report",
+]
+
+Forward = Callable[[np.ndarray], np.ndarray]
+"""A numpy -> numpy logits callable, ``(1, 1, H, W)`` float32 in and out."""
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    """Numerically safe logistic function, float32 out."""
+    x = np.asarray(x, dtype=np.float64)
+    with np.errstate(over="ignore"):
+        out = 1.0 / (1.0 + np.exp(-x))
+    return out.astype(np.float32)
+
+
+def predict_split(
+    dataset: IRSTDDataset,
+    forward: Callable[[np.ndarray], np.ndarray],
+    *,
+    mean: float,
+    std: float,
+    multiple: int = 32,
+    desc: str | None = None,
+) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
+    """Run a network over a split at native resolution.
+
+    Each image is normalised and padded (:func:`irkd.data.iter_eval`), ``forward`` maps the
+    (1, 1, Hp, Wp) float32 array to logits of the same shape (a numpy array), the sigmoid is
+    applied and the padding cropped back.
+
+    Yields:
+        (id, probability float32 (H, W), mask uint8 (H, W)).
+    """
+    items = iter_eval(dataset, mean=mean, std=std, multiple=multiple)
+    for id_, x, mask, hw in progress(items, total=len(dataset), desc=desc or "eval", leave=False):
+        logits = np.asarray(forward(x))
+        if logits.shape[-2:] != x.shape[-2:]:
+            raise ValueError(
+                f"predict_split: network output {logits.shape} does not match input {x.shape}"
+            )
+        prob = crop_back(sigmoid(logits.reshape(x.shape[-2:])), hw)
+        yield id_, np.ascontiguousarray(prob), mask
+
+
+class Evaluator:
+    """Accumulate IRSTD metrics over (id, prob, mask) and keep chosen probability maps.
+
+    Args:
+        threshold: Pixel threshold (``prob > threshold``).
+        keep: Ids whose probability maps are kept in :attr:`kept` (for sample figures).
+    """
+
+    def __init__(self, *, threshold: float = 0.5, keep: Iterable[str] = ()) -> None:
+        self.metrics = IRSTDMetrics(threshold=threshold)
+        self.keep = set(keep)
+        self.kept: dict[str, np.ndarray] = {}
+        self.ids: list[str] = []
+
+    def update(self, id_: str, prob: np.ndarray, mask: np.ndarray) -> None:
+        """Add one image."""
+        self.metrics.update(prob, mask)
+        self.ids.append(id_)
+        if id_ in self.keep:
+            self.kept[id_] = prob
+
+    def result(self) -> dict[str, Any]:
+        """The metrics, ROC, ids seen and kept maps.
+
+        Returns:
+            ``{"metrics": IRSTDMetrics.compute(), "roc": IRSTDMetrics.roc(), "ids": [...],
+            "kept": {id: prob}}``.
+        """
+        return {
+            "metrics": self.metrics.compute(),
+            "roc": self.metrics.roc(),
+            "ids": list(self.ids),
+            "kept": dict(self.kept),
+        }
+
+
+def evaluate_predictions(
+    pred_iter: Iterable[tuple[str, np.ndarray, np.ndarray]],
+    *,
+    threshold: float = 0.5,
+    keep: Iterable[str] = (),
+) -> dict[str, Any]:
+    """Score an iterator of (id, prob (H, W), mask (H, W)) such as :func:`predict_split`.
+
+    Returns:
+        ``{"metrics", "roc", "ids", "kept"}`` (see :meth:`Evaluator.result`); the metrics
+        dict has ``iou``, ``niou``, ``pd``, ``fa``, ``fa_1e6`` and the counts.
+    """
+    ev = Evaluator(threshold=threshold, keep=keep)
+    for id_, prob, mask in pred_iter:
+        ev.update(id_, prob, mask)
+    return ev.result()
+
+
+def summary_metrics(metrics: Mapping[str, Any]) -> dict[str, Any]:
+    """The headline figures of a metrics dict: IoU, nIoU, Pd, Fa (x 1e-6) and counts."""
+    keys = ("iou", "niou", "pd", "fa", "fa_1e6", "n_images", "n_targets")
+    return {k: metrics.get(k) for k in keys}
+
+
+def test_metrics(data: PreparedData, forward: Forward) -> dict[str, Any]:
+    """Score a :data:`Forward` on the TEST split (``{"metrics", "roc", "ids", "kept"}``)."""
+    return evaluate_predictions(
+        predict_split(
+            data.test_set(),
+            forward,
+            mean=data.mean,
+            std=data.std,
+            multiple=data.multiple,
+            desc="test",
+        )
+    )
 
 
 @dataclass

@@ -6,7 +6,7 @@ Framework-free orchestration. The CLI passes in one :class:`ReleaseBackend` per 
 
 1. refuses weights without a passing parity report for those exact files
    (:func:`irkd.gate.check_gate`, sha256);
-2. builds the release in a temporary sibling folder (:func:`irkd.engine.atomic_dir`): a copy of
+2. builds the release in a temporary sibling folder (:func:`irkd.files.atomic_dir`): a copy of
    each weights file, then each backend's artifacts for teacher and student, each re-checked
    against its eager network by the backend (an error aborts the release);
 3. evaluates the student's metrics on the test split of its dataset;
@@ -48,9 +48,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from irkd.engine import atomic_dir
+from irkd.files import atomic_dir, file_mode, write_json_atomic
 from irkd.gate import check_gate
-from irkd.reports import file_mode, write_json_atomic
 from irkd.weights import extra_metadata, load_neutral, sha256_file
 
 __all__ = [

@@ -1,11 +1,12 @@
-"""Report helpers: atomic JSON files, ROC plots and one-line metric summaries."""
+"""Report helpers: JSON-ready values, ROC plots and one-line metric summaries.
+
+Atomic writes of JSON and text files live in :mod:`irkd.files`.
+"""
 
 from __future__ import annotations
 
-import json
 import math
 import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -49,87 +50,6 @@ def to_jsonable(obj: Any) -> Any:
         items = sorted(obj, key=repr) if isinstance(obj, set | frozenset) else obj
         return [to_jsonable(v) for v in items]
     raise TypeError(f"object of type {type(obj).__name__} has no JSON form: {obj!r}")
-
-
-def current_umask() -> int:
-    """The process's umask, read without changing it where the OS allows.
-
-    Linux publishes it in ``/proc/self/status``; elsewhere it is read by setting and
-    restoring it (``os.umask`` has no read-only form).
-    """
-    try:
-        with open("/proc/self/status", encoding="ascii") as fh:
-            for line in fh:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def file_mode(base: int = 0o666) -> int:
-    """Permissions a plain ``open(path, "w")`` would give a new file: ``base & ~umask``.
-
-    ``tempfile.mkstemp`` creates 0o600 files and ``tempfile.mkdtemp`` 0o700 folders whatever
-    the umask; an atomic writer that renames such a file into place must set this mode
-    first, so that its results look like any other file the user creates (``0o644`` under
-    the usual umask 022). Folders: ``file_mode(0o777)``.
-    """
-    return base & ~current_umask()
-
-
-def write_text_atomic(path: str | os.PathLike[str], text: str, *, mode: int | None = None) -> Path:
-    """Write text so that readers never see a partial file.
-
-    The text goes to a temporary file in the target's folder (created if missing), which is
-    flushed, fsynced and then moved over ``path`` with ``os.replace``.
-
-    Args:
-        path: Destination file.
-        text: The content (UTF-8).
-        mode: File permissions to set before the rename (None: those of a newly created
-            file under the current umask, :func:`file_mode`).
-
-    Returns:
-        The destination path.
-    """
-    dest = Path(path)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp_name, file_mode() if mode is None else mode)
-        os.replace(tmp_name, dest)
-    except BaseException:
-        try:
-            os.unlink(tmp_name)
-        except FileNotFoundError:
-            pass
-        raise
-    return dest
-
-
-def write_json_atomic(path: str | os.PathLike[str], obj: Any, *, indent: int = 2) -> Path:
-    """Write ``obj`` as JSON so that readers never see a partial file.
-
-    See :func:`write_text_atomic`. Values are converted by ``to_jsonable`` (NaN -> null, numpy
-    types -> Python types).
-
-    Args:
-        path: Destination file.
-        obj: The object to write.
-        indent: JSON indentation.
-
-    Returns:
-        The destination path.
-    """
-    text = json.dumps(to_jsonable(obj), indent=indent, allow_nan=False) + "\n"
-    return write_text_atomic(path, text)
 
 
 def plot_roc(

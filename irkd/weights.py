@@ -57,12 +57,10 @@ This module imports numpy and ``safetensors.numpy`` only; the framework sides li
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
-import tempfile
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -71,7 +69,7 @@ import numpy as np
 from safetensors.numpy import load as _st_load
 from safetensors.numpy import save as _st_save
 
-from irkd.reports import file_mode
+from irkd.files import atomic_path
 
 __all__ = [
     "BN_TORCH_TO_MS",
@@ -83,7 +81,6 @@ __all__ = [
     "NameMap",
     "Spec",
     "WeightsError",
-    "atomic_path",
     "check_finite",
     "check_strict",
     "extra_metadata",
@@ -321,41 +318,6 @@ def wrong_network(path: str | os.PathLike[str], stored: str, wanted: str) -> Wei
 
 
 # --------------------------------------------------------------------------- files
-
-
-@contextlib.contextmanager
-def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; on success move it onto ``path`` atomically.
-
-    The temporary file lives in the same folder (so :func:`os.replace` is atomic) and keeps
-    the suffix of ``path`` (MindSpore's ``save_checkpoint`` appends ``.ckpt`` otherwise). On an
-    exception it is removed and ``path`` is left as it was. The file placed at ``path`` has
-    the permissions of any newly created file (``0o666 & ~umask``), not ``mkstemp``'s 0o600.
-
-    Args:
-        path: Final destination.
-
-    Yields:
-        The temporary path to write.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(
-        prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent
-    )
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        yield tmp
-        # mkstemp makes the file 0o600 (MindSpore's writers even 0o400): give it the mode
-        # any new file gets under the umask.
-        os.chmod(tmp, file_mode())
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
 
 
 def _check_arrays(arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:

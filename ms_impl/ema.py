@@ -2,7 +2,7 @@
 
 :class:`ModelEma` mirrors ``torch_ref.ema.ModelEma`` (same name, same methods, same float32
 operations). After optimizer step ``t`` (1-based) the trainer calls ``ema.update(t)``: with
-``d = irkd.engine.ema_decay(decay, t)``, every floating-point parameter of the student
+``d = irkd.schedule.ema_decay(decay, t)``, every floating-point parameter of the student
 (weights and BatchNorm ``moving_mean``/``moving_variance``) gives
 ``e = e * float32(d) + w * float32(1 - d)`` (three float32 roundings: the two products, then
 the sum); any other dtype is copied. The average starts equal to the student and never feeds
@@ -33,7 +33,7 @@ import mindspore as ms
 import numpy as np
 from mindspore import nn, ops
 
-from irkd.engine import ema_decay
+from irkd.schedule import ema_decay
 from irkd.weights import check_strict, load_neutral, save_neutral
 from ms_impl.weights import SOURCE, expected_specs, name_map
 
@@ -76,7 +76,7 @@ class ModelEma:
         """Average in the student's current weights after optimizer step ``step`` (1-based).
 
         Returns:
-            The decay used (:func:`irkd.engine.ema_decay`).
+            The decay used (:func:`irkd.schedule.ema_decay`).
         """
         d = ema_decay(self.decay, step)
         for i, p in enumerate(self._src):

@@ -74,7 +74,7 @@ import numpy as np
 from mindspore import Parameter, Tensor, ops
 from mindspore.experimental import optim
 
-from irkd.reports import file_mode
+from irkd.files import file_mode
 from irkd.weights import Spec, WeightsError, check_strict
 
 __all__ = [
@@ -214,7 +214,7 @@ def save_optimizer(optimizer: optim.Optimizer, path: str | os.PathLike[str]) -> 
     """Write :func:`optimizer_state` to a MindSpore checkpoint (``.ckpt``).
 
     Not atomic by itself: write into a folder that is put in place atomically
-    (``irkd.engine.atomic_dir`` / ``RunDir.write_checkpoint``).
+    (``irkd.files.atomic_dir`` / ``RunDir.write_checkpoint``).
     """
     path = Path(path)
     state = optimizer_state(optimizer)

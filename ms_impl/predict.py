@@ -7,7 +7,7 @@ Twin of ``torch_ref.predict``:
   in a neutral file's metadata (``deep_supervision`` for instance) are applied, so a
   ``best.safetensors`` loads with its name alone.
 - :func:`forward_fn` turns a network into the numpy callable
-  :func:`irkd.engine.predict_split` expects; :func:`predict_probs` yields ``(id, prob)`` for
+  :func:`irkd.evaluate.predict_split` expects; :func:`predict_probs` yields ``(id, prob)`` for
   a split.
 - :func:`teacher_msa_maps` computes the teacher's MSA attention maps for figures.
 
@@ -33,7 +33,7 @@ from mindspore import nn, ops
 
 from irkd.config import MethodConfig
 from irkd.data import IRSTDDataset
-from irkd.engine import predict_split
+from irkd.evaluate import predict_split
 from irkd.weights import WeightsError, extra_metadata, load_neutral, wrong_network
 from ms_impl.models import create_model
 from ms_impl.runtime import context_mode
@@ -169,7 +169,7 @@ Mode = Literal["graph", "pynative", "auto"]
 def forward_fn(
     net: nn.Cell, *, mode: Mode | None = None, max_shapes: int = 4
 ) -> Callable[[np.ndarray], np.ndarray]:
-    """A numpy -> numpy logits callable (eval mode) for ``irkd.engine.predict_split``.
+    """A numpy -> numpy logits callable (eval mode) for ``irkd.evaluate.predict_split``.
 
     Args:
         net: The network; it is put in eval mode at each call.

@@ -5,9 +5,10 @@ The native implementation; ``torch_ref.train`` is its PyTorch twin, with the sam
 protocol: ``train_mode``, ``step``, ``write``, ``read``, ``eval_forward``, ``save_best``,
 ``bare_forward``, ``run_info``). Everything that is not the step itself (the run loop, data,
 schedule, noise, run folder, checkpoints, validation, test report) comes from
-:mod:`irkd.engine`, shared by both backends: :func:`run` sets nothing up beyond the trainer
-(whose constructor selects the MindSpore mode and device) and calls
-:func:`irkd.engine.run_training`.
+:mod:`irkd.engine` and the framework-free modules it drives (:mod:`irkd.data.prepare`,
+:mod:`irkd.schedule`, :mod:`irkd.rundir`, :mod:`irkd.evaluate`), shared by both backends:
+:func:`run` sets nothing up beyond the trainer (whose constructor selects the MindSpore mode
+and device) and calls :func:`irkd.engine.run_training`.
 
 Per step::
 
@@ -90,7 +91,7 @@ overhead and the compiled step is 10-15x faster.
 Which mode: distillation when ``cfg.teacher`` is set and ``cfg.method.name != "none"``;
 otherwise the student (``cfg.model``) is trained alone with the task loss.
 
-Run folder (:class:`irkd.engine.RunDir`): ``config.yaml``, ``log.jsonl``,
+Run folder (:class:`irkd.rundir.RunDir`): ``config.yaml``, ``log.jsonl``,
 ``checkpoints/last/{student,distiller}.safetensors + optimizer.ckpt + state.json``
 (``optimizer.ckpt``: :func:`ms_impl.optim.save_optimizer`; the distiller file only when it
 has parameters; ``+ ema.safetensors`` with ``train.ema`` > 0), ``best.safetensors`` (student
@@ -128,15 +129,10 @@ from mindspore import nn, ops
 
 from irkd.config import ConfigError, ExperimentConfig, is_distill
 from irkd.dist import World, check_supported, shard_noise
-from irkd.engine import (
-    EMA_FILE,
-    Forward,
-    check_finite,
-    net_kwargs,
-    noise_for,
-    require_ema_file,
-    run_training,
-)
+from irkd.engine import check_finite, net_kwargs, run_training
+from irkd.evaluate import Forward
+from irkd.rundir import EMA_FILE, require_ema_file
+from irkd.schedule import noise_for
 from irkd.weights import WeightsError
 from irkd.zoo import stage_channels
 from ms_impl import dist

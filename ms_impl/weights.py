@@ -17,12 +17,12 @@ import mindspore as ms
 import numpy as np
 from mindspore import nn, ops
 
+from irkd.files import atomic_path
 from irkd.weights import (
     ConversionReport,
     NameMap,
     Spec,
     WeightsError,
-    atomic_path,
     check_finite,
     check_strict,
     load_neutral,

@@ -90,7 +90,7 @@ Cases: ``train/<optimizer>/<mode>`` (method ``msa_awmse`` on :data:`STAGE`, teac
 ``mode`` being ``cfg.train.graph_mode`` of the MindSpore trainer (GRAPH_MODE compiles the
 whole step; PyNative runs it eagerly). Plus one baseline, ``train/sgd/<mode>/mgd``: MGD on
 the same stage, whose generation block is a second trainable distiller part and whose random
-mask comes from the step's noise (``irkd.engine.noise_for``). The quick set is
+mask comes from the step's noise (``irkd.schedule.noise_for``). The quick set is
 ``train/sgd/pynative`` and ``train/adamw/pynative`` (both optimizers, no compilation).
 """
 

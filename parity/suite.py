@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from irkd.reports import write_json_atomic
+from irkd.files import write_json_atomic
 from irkd.weights import WeightsError, load_neutral, sha256_file
 from irkd.zoo import MODELS, stage_channels
 

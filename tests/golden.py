@@ -48,7 +48,7 @@ def _cpu() -> str:
 
 
 def _records(run: Path) -> list[dict[str, Any]]:
-    from irkd.engine import read_jsonl
+    from irkd.runlog import read_jsonl
 
     out = []
     for r in read_jsonl(run / "log.jsonl"):

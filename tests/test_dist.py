@@ -27,7 +27,7 @@ from irkd.dist import (
     per_rank_batch,
     shard_noise,
 )
-from irkd.engine import noise_for
+from irkd.schedule import noise_for
 from irkd.weights import load_neutral
 
 REPO = Path(__file__).resolve().parents[1]
@@ -297,7 +297,8 @@ def test_torchrun_per_rank_batchnorm_is_the_sharded_step(root, tmp_path):
     running statistics; and differs from the plain 4-image step."""
     import torch
 
-    from irkd.engine import lr_at, prepare_data
+    from irkd.data.prepare import prepare_data
+    from irkd.schedule import lr_at
     from torch_ref.losses import task_loss
     from torch_ref.train import TorchTrainer
 

@@ -11,7 +11,9 @@ import torch
 from mindspore import ops
 
 from irkd.config import ConfigError, config_from_dict, load_config
-from irkd.engine import EMA_FILE, RunDir, ema_decay, prepare_data
+from irkd.data.prepare import prepare_data
+from irkd.rundir import EMA_FILE, RunDir
+from irkd.schedule import ema_decay
 from irkd.weights import extra_metadata, load_neutral
 from ms_impl.ema import ModelEma as MSModelEma
 from ms_impl.models import create_model as ms_create_model

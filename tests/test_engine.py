@@ -1,4 +1,5 @@
-"""irkd.engine and irkd.evaluate: framework-free training machinery (no torch, no mindspore)."""
+"""irkd.engine and the modules it drives (data preparation, schedule, run folder, log,
+evaluation, atomic files): framework-free training machinery (no torch, no mindspore)."""
 
 import json
 import math
@@ -10,25 +11,13 @@ import pytest
 
 from irkd.config import ExperimentConfig, config_from_dict, load_config
 from irkd.data import IRSTDDataset, compute_mean_std, synthesize
-from irkd.engine import (
-    JsonlLogger,
-    NonFiniteLossError,
-    RunDir,
-    TrainState,
-    atomic_dir,
-    check_finite,
-    evaluate_predictions,
-    lr_at,
-    noise_for,
-    predict_split,
-    prepare_data,
-    read_jsonl,
-    resolve_dataset,
-    run_training,
-    sigmoid,
-    steps_per_epoch,
-)
-from irkd.evaluate import choose_ids, evaluate_split
+from irkd.data.prepare import prepare_data, resolve_dataset
+from irkd.engine import NonFiniteLossError, check_finite, run_training
+from irkd.evaluate import choose_ids, evaluate_predictions, evaluate_split, predict_split, sigmoid
+from irkd.files import atomic_dir
+from irkd.rundir import RunDir, TrainState
+from irkd.runlog import JsonlLogger, read_jsonl
+from irkd.schedule import lr_at, noise_for, steps_per_epoch
 
 
 @pytest.fixture(scope="module")
@@ -407,7 +396,8 @@ def test_engine_imports_no_framework():
     import sys
 
     code = (
-        "import sys, irkd.engine, irkd.evaluate;"
+        "import sys, irkd.engine, irkd.evaluate, irkd.files, irkd.progress, irkd.rundir,"
+        " irkd.runlog, irkd.schedule, irkd.data.prepare;"
         "assert 'torch' not in sys.modules and 'mindspore' not in sys.modules"
     )
     env = {**os.environ}
@@ -416,7 +406,7 @@ def test_engine_imports_no_framework():
 
 
 def test_echo_line_for_non_tty_logs():
-    from irkd.engine import echo_line
+    from irkd.runlog import echo_line
 
     line = echo_line(
         {"kind": "epoch", "epoch": 3, "mean_loss": 0.5, "train_s": 7.0, "images_per_s": 13.0}

@@ -760,7 +760,7 @@ def test_distiller_graph_mode_and_jit(case):
     method = dataclasses.replace(MethodConfig(stages=names), **GRAPH_CASES[case])
     tdist, mdist = _distiller_pair(method)
     tf, sf, mask = _distiller_inputs(names)
-    # the training loop's noise: 0-d zeros for stages that need none (irkd.engine.noise_for)
+    # the training loop's noise: 0-d zeros for stages that need none (irkd.schedule.noise_for)
     rng = np.random.default_rng(1)
     noise = [
         rng.random(sh).astype(np.float32) if sh else np.zeros((), np.float32)

@@ -9,8 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from irkd.files import write_json_atomic
 from irkd.metrics import IRSTDMetrics
-from irkd.reports import format_metrics, plot_roc, to_jsonable, write_json_atomic
+from irkd.reports import format_metrics, plot_roc, to_jsonable
 
 
 def test_write_json_atomic_converts_values_and_leaves_no_temp(tmp_path: Path) -> None:

@@ -25,14 +25,8 @@ from test_engine import NumpyTrainer
 
 from irkd.config import config_from_dict, save_config
 from irkd.data import synthesize
-from irkd.engine import (
-    LOCK_NAME,
-    RUN_MARKER,
-    RunDir,
-    RunFolderError,
-    run_folder_lock,
-    run_training,
-)
+from irkd.engine import run_training
+from irkd.rundir import LOCK_NAME, RUN_MARKER, RunDir, RunFolderError, run_folder_lock
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -132,7 +126,7 @@ def test_out_accepts_new_empty_study_and_own_run_folders(small_root, tmp_path):
 
 
 def test_study_marker_name_matches_the_engine():
-    from irkd.engine import STUDY_MARKER
+    from irkd.rundir import STUDY_MARKER
     from irkd.study.results import MARKER
 
     assert STUDY_MARKER == MARKER
@@ -169,7 +163,7 @@ def test_a_run_folder_of_another_config_is_refused(small_root, tmp_path):
 
 _HOLD = """
 import sys
-from irkd.engine import run_folder_lock
+from irkd.rundir import run_folder_lock
 with run_folder_lock(sys.argv[1]):
     print("locked", flush=True)
     sys.stdin.read()

@@ -24,7 +24,9 @@ from test_engine import NumpyTrainer
 from irkd.cli import main
 from irkd.config import ConfigError, config_from_dict, load_config
 from irkd.data import DatasetError, synthesize
-from irkd.engine import NonFiniteLossError, RunFolderError, read_jsonl, run_training
+from irkd.engine import NonFiniteLossError, run_training
+from irkd.rundir import RunFolderError
+from irkd.runlog import read_jsonl
 
 
 @pytest.fixture(scope="module")

@@ -15,8 +15,8 @@ from contextlib import contextmanager
 import numpy as np
 import pytest
 
-from irkd.reports import current_umask, file_mode, write_json_atomic, write_text_atomic
-from irkd.weights import atomic_path, save_neutral
+from irkd.files import atomic_path, current_umask, file_mode, write_json_atomic, write_text_atomic
+from irkd.weights import save_neutral
 
 
 @contextmanager
@@ -82,7 +82,7 @@ def test_torch_and_mindspore_checkpoints_follow_the_umask(tmp_path):
 
 @pytest.mark.parametrize("mask", [0o022, 0o077])
 def test_atomic_folders_follow_the_umask_and_dot_leaves_nothing_behind(tmp_path, mask):
-    from irkd.engine import atomic_dir
+    from irkd.files import atomic_dir
 
     with umask(mask):
         with atomic_dir(tmp_path / "ckpt") as tmp:

@@ -17,7 +17,9 @@ import torch
 from irkd.cli import main
 from irkd.config import ConfigError, config_from_dict, load_config, save_config
 from irkd.data import IRSTDDataset, TrainBatches, synthesize
-from irkd.engine import NonFiniteLossError, RunDir, prepare_data
+from irkd.data.prepare import prepare_data
+from irkd.engine import NonFiniteLossError
+from irkd.rundir import RunDir
 from irkd.weights import WeightsError, extra_metadata, load_neutral
 from ms_impl.distill import METHODS
 from ms_impl.models import create_model

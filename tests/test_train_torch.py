@@ -10,7 +10,9 @@ import torch
 from irkd.cli import main
 from irkd.config import ConfigError, config_from_dict, load_config, save_config
 from irkd.data import TrainBatches, synthesize
-from irkd.engine import NonFiniteLossError, RunDir, prepare_data
+from irkd.data.prepare import prepare_data
+from irkd.engine import NonFiniteLossError
+from irkd.rundir import RunDir
 from irkd.weights import load_neutral
 from torch_ref.distill import METHODS
 from torch_ref.models import create_model

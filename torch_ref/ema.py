@@ -2,7 +2,7 @@
 
 :class:`ModelEma` is mirrored by ``ms_impl.ema.ModelEma`` (same name, same methods, same
 float32 operations). After optimizer step ``t`` (1-based) the trainer calls
-``ema.update(t)``: with ``d = irkd.engine.ema_decay(decay, t)``, every floating-point tensor
+``ema.update(t)``: with ``d = irkd.schedule.ema_decay(decay, t)``, every floating-point tensor
 of the student's ``state_dict`` (parameters and BatchNorm ``running_mean``/``running_var``)
 becomes ``e = e * float32(d) + w * float32(1 - d)`` (three float32 roundings: the two
 products, then the sum); integer buffers (``num_batches_tracked``) are copied. The average
@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from irkd.engine import ema_decay
+from irkd.schedule import ema_decay
 from torch_ref.weights import load_neutral_net, net_to_neutral, save_neutral_net
 
 __all__ = ["ModelEma"]
@@ -57,7 +57,7 @@ class ModelEma:
         """Average in the student's current weights after optimizer step ``step`` (1-based).
 
         Returns:
-            The decay used (:func:`irkd.engine.ema_decay`).
+            The decay used (:func:`irkd.schedule.ema_decay`).
         """
         d = ema_decay(self.decay, step)
         if self._floats:

@@ -4,7 +4,7 @@
   PyTorch (``.pt``/``.pth``) weights strictly. The network keyword arguments a training run
   stored in a neutral file's metadata (``deep_supervision`` for instance) are applied, so a
   ``best.safetensors`` loads with its name alone.
-- :func:`forward_fn` turns a network into the numpy callable :func:`irkd.engine.predict_split`
+- :func:`forward_fn` turns a network into the numpy callable :func:`irkd.evaluate.predict_split`
   expects; :func:`predict_probs` yields ``(id, prob)`` for a split.
 - :func:`teacher_msa_maps` computes the teacher's MSA attention maps for figures.
 """
@@ -23,7 +23,7 @@ from torch import nn
 
 from irkd.config import MethodConfig
 from irkd.data import IRSTDDataset
-from irkd.engine import predict_split
+from irkd.evaluate import predict_split
 from irkd.weights import WeightsError, extra_metadata, load_neutral, wrong_network
 from torch_ref.models import create_model
 from torch_ref.weights import load_neutral_net, read_pt

@@ -2,9 +2,11 @@
 
 A plain loop that the MindSpore functional step (``ms_impl.train``) mirrors line for line.
 Everything that is not the step itself (the run loop, data, schedule, noise, run folder,
-checkpoints, validation, test report) comes from :mod:`irkd.engine`, shared by both
-backends: :func:`run` sets the thread count, builds a :class:`TorchTrainer` (which follows
-the :class:`irkd.engine.Trainer` protocol) and calls :func:`irkd.engine.run_training`.
+checkpoints, validation, test report) comes from :mod:`irkd.engine` and the framework-free
+modules it drives (:mod:`irkd.data.prepare`, :mod:`irkd.schedule`, :mod:`irkd.rundir`,
+:mod:`irkd.evaluate`), shared by both backends: :func:`run` sets the thread count, builds a
+:class:`TorchTrainer` (which follows the :class:`irkd.engine.Trainer` protocol) and calls
+:func:`irkd.engine.run_training`.
 
 Per step::
 
@@ -21,7 +23,7 @@ Per step::
 Which mode: distillation when ``cfg.teacher`` is set and ``cfg.method.name != "none"``;
 otherwise the student (``cfg.model``) is trained alone with the task loss.
 
-Run folder (:class:`irkd.engine.RunDir`): ``config.yaml``, ``log.jsonl``,
+Run folder (:class:`irkd.rundir.RunDir`): ``config.yaml``, ``log.jsonl``,
 ``checkpoints/last/{student,distiller}.safetensors + optimizer.pt + state.json``
 (``+ ema.safetensors`` with ``train.ema`` > 0), ``best.safetensors`` (student only, neutral
 names; metadata holds the network kwargs and the normalisation), ``best.json``,
@@ -53,15 +55,10 @@ from torch import nn
 
 from irkd.config import ConfigError, ExperimentConfig, is_distill
 from irkd.dist import World, check_supported, shard_noise
-from irkd.engine import (
-    EMA_FILE,
-    Forward,
-    check_finite,
-    net_kwargs,
-    noise_for,
-    require_ema_file,
-    run_training,
-)
+from irkd.engine import check_finite, net_kwargs, run_training
+from irkd.evaluate import Forward
+from irkd.rundir import EMA_FILE, require_ema_file
+from irkd.schedule import noise_for
 from irkd.weights import WeightsError, save_neutral
 from irkd.zoo import stage_channels
 from torch_ref import dist

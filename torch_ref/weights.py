@@ -16,12 +16,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from irkd.files import atomic_path
 from irkd.weights import (
     DROPPED_BUFFERS,
     ConversionReport,
     Spec,
     WeightsError,
-    atomic_path,
     check_finite,
     check_strict,
     load_neutral,

@@ -8,13 +8,11 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from irkd.reports import file_mode
+from irkd.files import atomic_path
 from irkd.study.results import read_json
 
 __all__ = ["write_plots"]
@@ -30,18 +28,10 @@ def _figure(size: tuple[float, float] = (7.0, 4.5)) -> Any:
 
 
 def _save(fig: Any, path: Path) -> Path:
-    """Save a PNG atomically (temporary file in the same folder, then rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    """Save a PNG atomically (:func:`irkd.files.atomic_path`)."""
+    with atomic_path(path, keep_suffix=False) as tmp:
         fig.tight_layout()
         fig.savefig(tmp, format="png", metadata={"Software": None})
-        os.chmod(tmp, file_mode())  # mkstemp makes 0600: follow the umask
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path
 
 

@@ -23,8 +23,9 @@ from typing import Any
 
 import yaml
 
-from irkd.engine import read_jsonl
-from irkd.reports import to_jsonable, write_text_atomic
+from irkd.files import write_text_atomic
+from irkd.reports import to_jsonable
+from irkd.runlog import read_jsonl
 
 __all__ = [
     "LAUNCHES",

@@ -24,9 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from irkd.config import save_config
+from irkd.data.prepare import resolve_dataset
 from irkd.dist import free_port, launch_command, launch_env
-from irkd.engine import resolve_dataset
-from irkd.reports import write_json_atomic, write_text_atomic
+from irkd.files import write_json_atomic, write_text_atomic
 from irkd.study.plan import Plan, RunSpec, build_plan, validate_study
 from irkd.study.proc import Child, log_tail, spawn, stop_all, wait_any
 from irkd.study.report import aggregate, format_table, format_tuning, tuning_report
