@@ -133,7 +133,8 @@ def export_onnx(
             torch.onnx.export(
                 model,
                 (dummy,),
-                buffer,
+                # torch's stubs name paths only; the TorchScript exporter writes to a buffer too
+                buffer,  # type: ignore[arg-type]
                 dynamo=False,
                 export_params=True,
                 opset_version=opset,

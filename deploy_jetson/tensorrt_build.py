@@ -202,9 +202,7 @@ def trtexec_command(
             raise ValueError("calib_cache is only used with int8=True")
         args.append(f"--calib={calib_cache}")
     if shapes:
-        table = (
-            dict(shapes) if isinstance(shapes, Mapping) else {input_name: tuple(shapes)}  # type: ignore[arg-type]
-        )
+        table = dict(shapes) if isinstance(shapes, Mapping) else {input_name: tuple(shapes)}
         for flag, k in (("--minShapes", 0), ("--optShapes", 1), ("--maxShapes", 2)):
             spec = ",".join(f"{n}:{_shape_text(r[k])}" for n, r in table.items())
             args.append(f"{flag}={spec}")
@@ -306,10 +304,11 @@ class CalibrationFeeder:
         self.batch = int(batch)
         self.cache = cache if isinstance(cache, CalibrationCache) else CalibrationCache(cache)
         self._copy = copy_to_device
-        have_images = images is not None and len(images) > 0
-        if not have_images and self.cache.read() is None:
+        if images is not None and len(images) == 0:
+            images = None
+        if images is None and self.cache.read() is None:
             raise ValueError("INT8 calibration needs calibration images or an existing cache")
-        self._batches = calibration_batches(images, batch) if have_images else iter(())
+        self._batches = calibration_batches(images, batch) if images is not None else iter(())
         self.served = 0
 
     def get_batch_size(self) -> int:
@@ -344,7 +343,7 @@ def entropy_calibrator_class() -> type:
     """
     trt = _import_trt()
 
-    class EntropyCalibrator(trt.IInt8EntropyCalibrator2):  # type: ignore[misc, name-defined]
+    class EntropyCalibrator(trt.IInt8EntropyCalibrator2):  # type: ignore[name-defined]
         """INT8 entropy calibrator fed by normalised training images, with a cache file.
 
         Args:

@@ -9,12 +9,13 @@ callable the CLI passes in.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from irkd.config import ExperimentConfig, NetConfig, apply_overrides, load_config
+from irkd.config import ExperimentConfig, MethodConfig, NetConfig, apply_overrides, load_config
 from irkd.files import write_json_atomic
 
 __all__ = ["DEFAULT_CONFIG", "plan_demo", "run_demo", "format_summary"]
@@ -32,31 +33,21 @@ def plan_demo(cfg: ExperimentConfig) -> list[tuple[str, ExperimentConfig]]:
     """
     if cfg.teacher is None:
         raise ValueError("the demo config needs a teacher section (teacher.name)")
-    base = dict(schedule=cfg.schedule, optim=cfg.optim, data=cfg.data, train=cfg.train)
-    teacher = ExperimentConfig(
+    # The data, optim, schedule and train sections are shared by the three runs.
+    teacher = dataclasses.replace(
+        cfg,
         name=f"{cfg.name}-teacher",
-        seed=cfg.seed,
-        backend=cfg.backend,
         model=NetConfig(name=cfg.teacher.name, kwargs=dict(cfg.teacher.kwargs)),
-        **base,
+        teacher=None,
+        method=MethodConfig(name="none"),
     )
-    teacher.method.name = "none"
-    alone = ExperimentConfig(
-        name=f"{cfg.name}-student-alone",
-        seed=cfg.seed,
-        backend=cfg.backend,
-        model=cfg.model,
-        **base,
+    alone = dataclasses.replace(
+        cfg, name=f"{cfg.name}-student-alone", teacher=None, method=MethodConfig(name="none")
     )
-    alone.method.name = "none"
-    distilled = ExperimentConfig(
+    distilled = dataclasses.replace(
+        cfg,
         name=f"{cfg.name}-student-{cfg.method.name}",
-        seed=cfg.seed,
-        backend=cfg.backend,
-        model=cfg.model,
         teacher=NetConfig(cfg.teacher.name, dict(cfg.teacher.kwargs)),
-        method=cfg.method,
-        **base,
     )
     return [
         ("teacher", teacher),

@@ -61,7 +61,7 @@ from irkd.rundir import (
     resume_changes,
     run_folder_lock,
 )
-from irkd.runlog import JsonlLogger, _NullLog
+from irkd.runlog import RecordLog, _NullLog
 from irkd.schedule import lr_at, steps_per_epoch
 from irkd.zoo import get_spec
 
@@ -477,7 +477,7 @@ def run_epoch(
     trainer: Trainer,
     data: PreparedData,
     rd: RunDir,
-    log: JsonlLogger,
+    log: RecordLog,
     state: TrainState,
     spe: int,
     *,

@@ -7,11 +7,18 @@ import os
 import sys
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from irkd.reports import to_jsonable
 
-__all__ = ["JsonlLogger", "echo_line", "read_jsonl"]
+__all__ = ["JsonlLogger", "RecordLog", "echo_line", "read_jsonl"]
+
+
+class RecordLog(Protocol):
+    """Where a run's records go: a :class:`JsonlLogger`, or nowhere on ranks > 0."""
+
+    def log(self, record: Mapping[str, Any]) -> None:
+        """Take one record."""
 
 
 class JsonlLogger:
@@ -69,7 +76,7 @@ def echo_line(record: Mapping[str, Any]) -> str | None:
 
 def read_jsonl(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     """Read a JSONL file (a torn last line, from a killed process, is skipped)."""
-    out = []
+    out: list[dict[str, Any]] = []
     p = Path(path)
     if not p.is_file():
         return out

@@ -180,7 +180,7 @@ def check_network(name: str, kwargs: dict[str, Any] | None = None, *, key: str =
 def stage_channels(name: str, **overrides: Any) -> dict[str, int]:
     """Channels of each stage feature of a registered network."""
     kw = {**get_spec(name).kwargs, **overrides}
-    widths = kw.get("nb_filter", kw.get("widths"))
+    widths = kw["nb_filter"] if "nb_filter" in kw else kw["widths"]
     out = {f"enc{i}": int(widths[i]) for i in range(5)}
     out.update({f"dec{i}": int(widths[i]) for i in range(4)})
     return out

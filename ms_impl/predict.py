@@ -150,7 +150,7 @@ def load_network(
     if name is None:
         raise ValueError(f"no network name given and none stored in {weights}: pass --network")
     net = create_model(name, **{**stored, **kwargs})
-    if arrays is not None:
+    if arrays is not None and weights is not None:  # arrays are read from weights
         try:
             load_neutral_net(net, arrays, network=f"{name} ({Path(weights).name})")
         except WeightsError:

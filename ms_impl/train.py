@@ -140,7 +140,7 @@ from ms_impl.ema import ModelEma
 from ms_impl.losses import task_loss
 from ms_impl.models import create_model
 from ms_impl.optim import build_optimizer, load_optimizer, save_optimizer, set_lr
-from ms_impl.predict import forward_fn, load_network, load_weights
+from ms_impl.predict import Mode, forward_fn, load_network, load_weights
 from ms_impl.runtime import context_mode, device_target, set_mode
 from ms_impl.weights import assign_neutral, save_neutral_net
 
@@ -152,7 +152,7 @@ __all__ = [
 
 BACKEND = "mindspore"
 AUX_KEYS = ("aux1", "aux2", "aux3")
-EVAL_MODE = "auto"
+EVAL_MODE: Mode = "auto"
 """Evaluation mode of a GRAPH_MODE run (``ms_impl.predict.forward_fn``); PyNative runs
 evaluate eagerly."""
 
@@ -308,13 +308,15 @@ class MSTrainer:
                 finite = ops.isfinite(out[0])
             else:
                 grads = reducer(grads)
-                finite = ops.isfinite(reduce(out[0]))
+                # reduce is set with reducer (a parallel run); no assert in ms.jit graph code
+                finite = ops.isfinite(reduce(out[0]))  # type: ignore[misc]
             if finite:
                 optimizer(grads)
             return out
 
         def teacher_fn(x: ms.Tensor) -> tuple[Any, ...]:
-            logits, feats = teacher.forward_features(x)
+            # built only when teacher is set (below); no assert in ms.jit graph code
+            logits, feats = teacher.forward_features(x)  # type: ignore[union-attr]
             return (logits,) + tuple(feats[s] for s in t_stages)
 
         self._forward = forward
@@ -411,7 +413,7 @@ class MSTrainer:
     # ------------------------------------------------------------------ evaluation
 
     @property
-    def eval_mode(self) -> str:
+    def eval_mode(self) -> Mode:
         """Evaluation mode of :func:`ms_impl.predict.forward_fn`: :data:`EVAL_MODE` for a
         GRAPH_MODE trainer, ``pynative`` otherwise.
         """  # noqa: D205

@@ -28,7 +28,7 @@ from __future__ import annotations
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -125,7 +125,10 @@ def _ms():
     return ms
 
 
-def _set_mode(mode: str) -> None:
+_Mode = Literal["graph", "pynative"]
+
+
+def _set_mode(mode: _Mode) -> None:
     from ms_impl.runtime import set_mode
 
     set_mode(mode)
@@ -203,7 +206,7 @@ def _torch_value_grad(fn: Callable, inputs: list[np.ndarray], wrt: int, module: 
 
 
 def _ms_value_grad(
-    fn: Any, inputs: list[np.ndarray], wrt: int, module: Any = None, mode: str = "pynative"
+    fn: Any, inputs: list[np.ndarray], wrt: int, module: Any = None, mode: _Mode = "pynative"
 ):
     ms = _ms()
     args = [ms.Tensor(a) for a in inputs]
@@ -426,7 +429,7 @@ def _soft_iou_case(kind: str) -> Callable[[Context], list[Check]]:
 # ----------------------------------------------------------------------------- stage losses
 
 
-def _stage_loss_case(method: str, kind: str, mode: str) -> Callable[[Context], list[Check]]:
+def _stage_loss_case(method: str, kind: str, mode: _Mode) -> Callable[[Context], list[Check]]:
     def run(ctx: Context) -> list[Check]:
         name = f"loss/{method}/{kind}" + ("/graph" if mode == "graph" else "")
         rng = _seed(ctx, "loss", method, kind)

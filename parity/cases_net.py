@@ -182,6 +182,7 @@ def random_neutral_weights(
         model(torch.from_numpy(x))
         for bn in bns:
             bn.momentum = 0.1
+            assert bn.running_mean is not None and bn.running_var is not None
             std = bn.running_var.sqrt()
             bn.running_mean.add_(draw(rng.normal, bn.running_mean, 0.0, 0.2) * std)
             bn.running_var.mul_(draw(rng.uniform, bn.running_var, 0.5, 2.0))
@@ -277,7 +278,8 @@ def _cells() -> SimpleNamespace:
             logits, feats = self.net.forward_features(x)
             out = (logits,)
             for k in self.names:
-                out = out + (feats[k],)
+                # graph-mode construct: the tuple grows in a loop, without annotations
+                out = out + (feats[k],)  # type: ignore[assignment]
             return out
 
     class TaskLoss(nn.Cell):
@@ -293,7 +295,8 @@ def _cells() -> SimpleNamespace:
             logits, feats = self.net.forward_features(x)
             aux = ()
             for k in self.aux_keys:
-                aux = aux + (feats[k],)
+                # graph-mode construct: the tuple grows in a loop, without annotations
+                aux = aux + (feats[k],)  # type: ignore[assignment]
             return self.loss(logits, aux, mask)
 
     return SimpleNamespace(FeatureOutputs=FeatureOutputs, TaskLoss=TaskLoss)

@@ -557,6 +557,7 @@ def _train_case(
 
     th = TorchTrainer(cfg, device="cpu")
     d_file = scratch_dir(ctx) / f"{case.replace('/', '_')}-distiller.safetensors"
+    assert th.distiller is not None  # a distillation config
     save_neutral(d_file, state_to_neutral(th.distiller), source="torch")
     zero: dict[str, np.ndarray] | None = None
     if optimizer == "adamw":
@@ -623,8 +624,8 @@ def _train_case(
                     )
                 )
             checks += _stats_checks(case, n, ms_w, th_w, stats, fam, lr, zero is not None)
-    for c in checks:
-        c.gating = not advisory(c.case, c.what)
+    for check in checks:
+        check.gating = not advisory(check.case, check.what)
     return checks
 
 

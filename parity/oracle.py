@@ -123,6 +123,12 @@ def _relu(x: Array) -> Array:
     return np.maximum(x, 0.0)
 
 
+def _windows_hw(a: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Sliding windows of ``shape`` over axes 2 and 3 of (B, C, H, W): (B, C, H', W', kh, kw)."""
+    # numpy 1.26's stubs type ``axis`` as one index; the function takes a tuple of axes.
+    return sliding_window_view(a, shape, axis=(2, 3))  # type: ignore[call-overload]
+
+
 def conv2d(x: Array, weight: Array, bias: Array | None = None, padding: int = 0) -> Array:
     """2-D cross-correlation with stride 1 and zero padding (PyTorch's ``Conv2d``).
 
@@ -142,7 +148,7 @@ def conv2d(x: Array, weight: Array, bias: Array | None = None, padding: int = 0)
     if padding:
         x = np.pad(x, ((0, 0), (0, 0), (padding, padding), (padding, padding)))
     kh, kw = weight.shape[2], weight.shape[3]
-    windows = sliding_window_view(x, (kh, kw), axis=(2, 3))  # (B, C_in, H', W', kh, kw)
+    windows = _windows_hw(x, (kh, kw))  # (B, C_in, H', W', kh, kw)
     out = np.einsum("bchwij,ocij->bohw", windows, weight, optimize=True)
     if bias is not None:
         out = out + _f64(bias).reshape(1, -1, 1, 1)
@@ -177,9 +183,9 @@ def avg_pool_exclude_pad(a: Array, k: int) -> Array:
     a = _f64(a)
     p = k // 2
     pad = ((0, 0), (0, 0), (p, p), (p, p))
-    sums = sliding_window_view(np.pad(a, pad), (k, k), axis=(2, 3)).sum(axis=(-2, -1))
+    sums = _windows_hw(np.pad(a, pad), (k, k)).sum(axis=(-2, -1))
     ones = np.ones((1, 1) + a.shape[2:])
-    counts = sliding_window_view(np.pad(ones, pad), (k, k), axis=(2, 3)).sum(axis=(-2, -1))
+    counts = _windows_hw(np.pad(ones, pad), (k, k)).sum(axis=(-2, -1))
     return sums / counts
 
 

@@ -108,6 +108,7 @@ def convert_files(
     what = f"weights file {src.name} does not fit {label}"
 
     dropped: list[str] = []
+    source: str | None
     if kind_src == "pt":
         arrays, dropped = tw.read_pt(src)
         source = tw.SOURCE

@@ -25,7 +25,7 @@ from irkd.config import MethodConfig
 from irkd.data import IRSTDDataset
 from irkd.evaluate import predict_split
 from irkd.weights import WeightsError, extra_metadata, load_neutral, wrong_network
-from torch_ref.models import create_model
+from torch_ref.models import Network, create_model
 from torch_ref.weights import load_neutral_net, read_pt
 
 __all__ = [
@@ -72,7 +72,7 @@ def read_weights(path: str | os.PathLike[str]) -> tuple[dict[str, np.ndarray], d
 
 def load_network(
     name: str | None, weights: str | os.PathLike[str] | None = None, **kwargs: Any
-) -> nn.Module:
+) -> Network:
     """Build a registered network, load weights strictly, and put it in eval mode.
 
     Args:
@@ -102,7 +102,7 @@ def load_network(
     if name is None:
         raise ValueError(f"no network name given and none stored in {weights}: pass --network")
     net = create_model(name, **{**stored, **kwargs})
-    if arrays is not None:
+    if arrays is not None and weights is not None:  # arrays are read from weights
         try:
             load_neutral_net(net, arrays, network=f"{name} ({Path(weights).name})")
         except WeightsError:
@@ -143,7 +143,7 @@ def predict_probs(
 
 
 def teacher_msa_maps(
-    teacher: nn.Module, method: Any, image: np.ndarray | torch.Tensor
+    teacher: Network, method: Any, image: np.ndarray | torch.Tensor
 ) -> dict[str, np.ndarray]:
     """The teacher's MSA attention maps of one image, upsampled to the image size.
 

@@ -47,7 +47,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -64,11 +64,14 @@ from irkd.zoo import stage_channels
 from torch_ref import dist
 from torch_ref.ema import ModelEma
 from torch_ref.losses import Reduce, task_loss
-from torch_ref.models import create_model
+from torch_ref.models import Network, create_model
 from torch_ref.optim import build_optimizer, set_lr
 from torch_ref.predict import forward_fn, load_network, read_weights
 from torch_ref.runtime import resolve_device, torch_threads
 from torch_ref.weights import load_neutral_net, net_to_neutral, save_neutral_net
+
+if TYPE_CHECKING:  # imported when distilling only
+    from torch_ref.distill import Distiller
 
 __all__ = [
     "TorchTrainer",
@@ -106,7 +109,7 @@ class TrainNet(nn.Module):
     """
 
     def __init__(
-        self, student: nn.Module, distiller: nn.Module | None, reduce: Reduce | None = None
+        self, student: Network, distiller: Distiller | None, reduce: Reduce | None = None
     ) -> None:
         super().__init__()
         self.student = student
@@ -136,7 +139,7 @@ class TrainNet(nn.Module):
         return loss, terms
 
 
-def load_teacher(cfg: ExperimentConfig) -> nn.Module:
+def load_teacher(cfg: ExperimentConfig) -> Network:
     """Build the teacher, load its checkpoint strictly and freeze it (eval, no grad).
 
     Raises:

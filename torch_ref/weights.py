@@ -127,6 +127,7 @@ def load_neutral_net(
     Raises:
         WeightsError: On any missing, unexpected, wrongly shaped or typed tensor.
     """
+    meta: dict[str, str]
     if isinstance(src, Mapping):
         arrays, meta = dict(src), {}
     else:

@@ -132,7 +132,8 @@ def _check_pair(id_: str, image_path: Path | None, mask_path: Path | None) -> _P
     if image_path is not None:
         try:
             array, res.mode = _decode(image_path, "image")
-            res.shape = _to_gray_u8(array, image_path).shape
+            height, width = _to_gray_u8(array, image_path).shape
+            res.shape = (height, width)
         except DatasetError as exc:
             res.errors.append(str(exc))
     if mask_path is None:

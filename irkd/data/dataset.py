@@ -12,6 +12,7 @@ spaces, CRLF line ends and a UTF-8 BOM are tolerated.
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -140,7 +141,7 @@ class IRSTDDataset:
 
     """
 
-    def __init__(self, root: str | Path, split: str, *, layout: str = "auto") -> None:
+    def __init__(self, root: str | os.PathLike[str], split: str, *, layout: str = "auto") -> None:
         """Open ``split`` of the dataset at ``root``.
 
         Raises:
@@ -223,5 +224,6 @@ class IRSTDDataset:
         A mask of another size than its image is resized with a ``MaskSizeWarning``.
         """
         image = read_gray(self.image_path(id))
-        mask = read_mask(self.mask_path(id), image.shape)
+        height, width = image.shape
+        mask = read_mask(self.mask_path(id), (height, width))
         return Sample(id=id, image=image, mask=mask)

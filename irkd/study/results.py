@@ -16,7 +16,7 @@ import shlex
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -170,7 +170,7 @@ def launch_facts(backend: str, threads: int, git: Mapping[str, Any]) -> dict[str
 # ----------------------------------------------------------------------------- summaries
 
 
-def log_summary(records: list[Mapping[str, Any]]) -> dict[str, Any]:
+def log_summary(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """Per epoch: mean train loss terms and, when validated, val IoU/nIoU/Pd/Fa.
 
     Args:

@@ -9,12 +9,15 @@ from irkd.zoo import MODELS, get_spec
 from .dnanet import DNANet
 from .unet import UNet
 
-__all__ = ["DNANet", "UNet", "create_model", "list_models"]
+__all__ = ["DNANet", "Network", "UNet", "create_model", "list_models"]
 
-_FAMILIES = {"dnanet": DNANet, "unet": UNet}
+Network = DNANet | UNet
+"""A registered network: what :func:`create_model` builds."""
+
+_FAMILIES: dict[str, type[Network]] = {"dnanet": DNANet, "unet": UNet}
 
 
-def create_model(name: str, **kwargs: Any) -> Any:
+def create_model(name: str, **kwargs: Any) -> Network:
     """Build a registered network; ``kwargs`` override the registered keyword arguments."""
     spec = get_spec(name)
     return _FAMILIES[spec.family](**{**spec.kwargs, **kwargs})

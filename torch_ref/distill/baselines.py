@@ -243,6 +243,7 @@ def _gc_modules(c: int) -> tuple[nn.Conv2d, nn.Sequential]:
     hidden = max(1, c // 2)
     conv_mask = nn.Conv2d(c, 1, 1, bias=True)
     nn.init.kaiming_normal_(conv_mask.weight, mode="fan_in", nonlinearity="relu")
+    assert conv_mask.bias is not None  # built with bias=True
     nn.init.zeros_(conv_mask.bias)
     channel_add = nn.Sequential(
         nn.Conv2d(c, hidden, 1, bias=True),
@@ -250,8 +251,10 @@ def _gc_modules(c: int) -> tuple[nn.Conv2d, nn.Sequential]:
         nn.ReLU(),
         nn.Conv2d(hidden, c, 1, bias=True),
     )
-    nn.init.zeros_(channel_add[3].weight)
-    nn.init.zeros_(channel_add[3].bias)
+    last = channel_add[3]
+    assert isinstance(last, nn.Conv2d) and last.bias is not None
+    nn.init.zeros_(last.weight)
+    nn.init.zeros_(last.bias)
     return conv_mask, channel_add
 
 

@@ -192,6 +192,8 @@ class Distiller(nn.Module):
         terms = []
         for i in range(len(self.stages)):
             if self.on_logits:
+                if t_logits is None or s_logits is None:
+                    raise ValueError("logit_kd distils the logits: pass t_logits and s_logits")
                 t = t_logits.detach()
                 s = s_logits
             else:

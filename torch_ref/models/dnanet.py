@@ -191,6 +191,23 @@ class DNANet(nn.Module):
     Input H and W must be multiples of 16.
     """
 
+    # The nested nodes, set by name in __init__ (see node_specs).
+    conv0_0: nn.Sequential
+    conv0_1: nn.Sequential
+    conv0_2: nn.Sequential
+    conv0_3: nn.Sequential
+    conv0_4: nn.Sequential
+    conv1_0: nn.Sequential
+    conv1_1: nn.Sequential
+    conv1_2: nn.Sequential
+    conv1_3: nn.Sequential
+    conv2_0: nn.Sequential
+    conv2_1: nn.Sequential
+    conv2_2: nn.Sequential
+    conv3_0: nn.Sequential
+    conv3_1: nn.Sequential
+    conv4_0: nn.Sequential
+
     def __init__(
         self,
         nb_filter: Sequence[int] = (16, 32, 64, 128, 256),
@@ -232,6 +249,7 @@ class DNANet(nn.Module):
             if deep_supervision
             else (self.final,)
         ):
+            assert m.bias is not None  # built with bias=True
             nn.init.constant_(m.bias, HEAD_BIAS)  # target prior, see irkd.zoo.HEAD_PRIOR
 
     @property

@@ -73,6 +73,7 @@ class UNet(nn.Module):
         self.dec1 = _double_conv(widths[1] + widths[2], widths[1])
         self.dec0 = _double_conv(widths[0] + widths[1], widths[0])
         self.head = conv2d(widths[0], num_classes, 1, bias=True)
+        assert self.head.bias is not None  # built with bias=True
         nn.init.constant_(self.head.bias, HEAD_BIAS)  # target prior, see irkd.zoo.HEAD_PRIOR
 
     @staticmethod
