@@ -1,4 +1,4 @@
-"""Report helpers: JSON-ready values, ROC plots and one-line metric summaries.
+"""Report helpers: JSON-ready values, ROC plots, one-line metric summaries, the model table.
 
 Atomic writes of JSON and text files live in :mod:`irkd.files`.
 """
@@ -7,11 +7,20 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+__all__ = [
+    "to_jsonable",
+    "plot_roc",
+    "format_metrics",
+    "MACS_NOTE",
+    "param_mismatch",
+    "format_model_table",
+]
 
 
 def to_jsonable(obj: Any) -> Any:
@@ -152,3 +161,85 @@ def format_metrics(metrics: Mapping[str, Any]) -> str:
     if counts:
         parts.append(", ".join(counts))
     return " | ".join(parts)
+
+
+MACS_NOTE = (
+    "MACs: multiply-accumulates of Conv2d/Linear layers only (out_elements * in_ch/groups * kh"
+    " * kw), no bias, BatchNorm, activation, pooling or resize ops, counted on the PyTorch twin."
+    "\nthop (G): the convention of thop, which BasicIRSTD's published figures use: convolutions"
+    " plus BatchNorm (4/element), bilinear resizes (11/output element) and global average"
+    " pooling (BasicIRSTD publishes 14.26 G for DNANet at 1x1x256x256)."
+)
+
+
+def param_mismatch(row: Mapping[str, Any]) -> str | None:
+    """The warning line of a network whose twins count different parameters, else None.
+
+    Args:
+        row: A row of ``irkd models`` (``name``, ``params``, ``params_mindspore`` or None).
+    """
+    if row["params_mindspore"] is None or row["params_mindspore"] == row["params"]:
+        return None
+    return (
+        f"  WARNING {row['name']}: PyTorch has {row['params']:,} parameters, "
+        f"MindSpore {row['params_mindspore']:,}"
+    )
+
+
+def format_model_table(rows: Sequence[Mapping[str, Any]], shape: Sequence[int]) -> str:
+    """The table of ``irkd models``: one line per network, then what the MACs count.
+
+    Args:
+        rows: One dict per network: ``name``, ``family``, ``role``, ``params``,
+            ``params_mindspore``, ``macs``, ``ops_thop``, ``macs_vs_teacher`` (or None),
+            ``stage_channels`` and ``summary``.
+        shape: The input ``B, C, H, W`` the MACs were counted at.
+
+    Returns:
+        The table; a warning line follows a network whose parameter counts differ between
+        the MindSpore and PyTorch twins.
+    """
+    header = (
+        "name",
+        "family",
+        "role",
+        "params (M)",
+        "MACs (G)",
+        "thop (G)",
+        "vs teacher",
+        "stages",
+        "summary",
+    )
+    table = [
+        (
+            r["name"],
+            r["family"],
+            r["role"],
+            f"{r['params'] / 1e6:.2f}",
+            f"{r['macs'] / 1e9:.2f}",
+            f"{r['ops_thop'] / 1e9:.2f}",
+            f"{100 * r['macs_vs_teacher']:.1f}%" if r["macs_vs_teacher"] is not None else "-",
+            "-".join(str(r["stage_channels"][f"enc{i}"]) for i in range(5)),
+            r["summary"],
+        )
+        for r in rows
+    ]
+    cols = [max(len(str(x)) for x in col) for col in zip(header, *table, strict=True)]
+    right = {3, 4, 5, 6}
+
+    def fmt(cells: Sequence[str]) -> str:
+        out = [
+            str(c).rjust(w) if i in right else str(c).ljust(w)
+            for i, (c, w) in enumerate(zip(cells, cols, strict=True))
+        ]
+        return "  ".join(out).rstrip()
+
+    lines = [f"registered networks, input {'x'.join(str(s) for s in shape)}", fmt(header)]
+    lines.append(fmt(["-" * w for w in cols]))
+    for r, cells in zip(rows, table, strict=True):
+        lines.append(fmt(cells))
+        warning = param_mismatch(r)
+        if warning is not None:
+            lines.append(warning)
+    lines.append(MACS_NOTE)
+    return "\n".join(lines)

@@ -119,7 +119,7 @@ def test_an_output_path_that_cannot_be_written_is_one_line(root, tmp_path, capsy
 def test_os_error_line_names_the_destination_not_the_temporary_file():
     import errno
 
-    from irkd.cli import os_error_line
+    from irkd.cli.common import os_error_line
 
     exc = IsADirectoryError(errno.EISDIR, "Is a directory", "/a/.out.json.x1y2.tmp", None, "/a/o")
     assert os_error_line(exc) == "cannot use /a/o: it is a folder, a file is expected there"
