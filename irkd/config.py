@@ -130,7 +130,8 @@ class MethodConfig:
         stages: Names of the distilled stage features (same resolution on both networks).
         stage_weights: One weight per stage (default 1.0 each).
         lam: Weight lambda of the distillation term in ``L = L_task + lam * sum_s L_s``.
-        normalize: ``l2`` per-pixel channel normalisation, or ``none`` (ablation).
+        normalize: ``l2`` per-pixel channel normalisation, ``l2_map`` the whole map's L2
+            norm per image (per-pixel magnitudes kept), or ``none`` (ablation).
         l2_eps: Guard of the L2 normalisation.
         msa: Multi-scale spatial attention options.
         awmse: ``False`` replaces AWMSE by a plain MSE (ablation).
@@ -145,7 +146,7 @@ class MethodConfig:
     stages: list[str] = field(default_factory=lambda: ["enc0", "dec0"])
     stage_weights: list[float] | None = None
     lam: float = 1.0
-    normalize: Literal["l2", "none"] = "l2"
+    normalize: Literal["l2", "l2_map", "none"] = "l2"
     l2_eps: float = 1e-6
     msa: MSAConfig = field(default_factory=MSAConfig)
     awmse: bool = True

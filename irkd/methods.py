@@ -160,8 +160,10 @@ def check_msa_awmse_params(params: Mapping[str, Any] | None) -> dict[str, Any]:
         raise ValueError(f"MSAAWMSELoss: scales must be odd and >= 1, got {list(scales)}")
     if p["fusion"] not in ("mean", "max"):
         raise ValueError(f"MSAAWMSELoss: fusion must be 'mean' or 'max', got {p['fusion']!r}")
-    if p["normalize"] not in ("l2", "none"):
-        raise ValueError(f"MSAAWMSELoss: normalize must be 'l2' or 'none', got {p['normalize']!r}")
+    if p["normalize"] not in ("l2", "l2_map", "none"):
+        raise ValueError(
+            f"MSAAWMSELoss: normalize must be 'l2', 'l2_map' or 'none', got {p['normalize']!r}"
+        )
     for key in ("tau", "msa_eps", "l2_eps", "awmse_eps"):
         if not float(p[key]) > 0:
             raise ValueError(f"MSAAWMSELoss: {key} must be > 0, got {p[key]!r}")

@@ -3,7 +3,8 @@
 Case names:
 
 - ``method/msa/<input>``: the MSA map ``M`` (numpy oracle, MindSpore, PyTorch);
-- ``method/l2/<input>``: L2 normalisation, values and input gradient;
+- ``method/l2/<input>``, ``method/l2_map/<input>``: L2 normalisation per pixel and per map,
+  values and input gradient;
 - ``method/awmse/<input>``: AWMSE on given features, map and region, values and gradient;
 - ``method/connector/<train|eval>``: the connector's output and running statistics;
 - ``method/ema/update``: the weight average of ``train.ema`` (``torch_ref.ema.ModelEma``,
@@ -26,7 +27,7 @@ written once and loaded strictly into both frameworks; the oracle reads the same
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -259,20 +260,23 @@ def _msa_case(kind: str, variant: dict[str, Any]) -> Callable[[Context], list[Ch
     return run
 
 
-def _l2_case(kind: str) -> Callable[[Context], list[Check]]:
+def _l2_case(kind: str, fn: str = "l2_normalize") -> Callable[[Context], list[Check]]:
+    tag = "l2" if fn == "l2_normalize" else "l2_map"
+
     def run(ctx: Context) -> list[Check]:
         from ms_impl.distill import method as mm
         from torch_ref.distill import method as tm
 
-        name = f"method/l2/{kind}"
-        x, _, _, _ = make_inputs(kind, _seed(ctx, "l2", kind))
-        w = _seed(ctx, "l2w", kind).standard_normal(x.shape).astype(np.float32)
-        want = oracle.l2_normalize(x)
-        tv = tm.l2_normalize(_torch().tensor(x)).numpy()
-        mv = mm.l2_normalize(_ms().Tensor(x)).asnumpy()
+        name = f"method/{tag}/{kind}"
+        x, _, _, _ = make_inputs(kind, _seed(ctx, tag, kind))
+        w = _seed(ctx, f"{tag}w", kind).standard_normal(x.shape).astype(np.float32)
+        t_fn, m_fn = getattr(tm, fn), getattr(mm, fn)
+        want = getattr(oracle, fn)(x)
+        tv = t_fn(_torch().tensor(x)).numpy()
+        mv = m_fn(_ms().Tensor(x)).asnumpy()
         checks = _three_way(name, "x_hat", mv, tv, want, "map")
-        _, gt, _ = _torch_value_grad(lambda a, b: (tm.l2_normalize(a) * b).sum(), [x, w], 0)
-        _, gm, _ = _ms_value_grad(lambda a, b: (mm.l2_normalize(a) * b).sum(), [x, w], 0)
+        _, gt, _ = _torch_value_grad(lambda a, b: (t_fn(a) * b).sum(), [x, w], 0)
+        _, gm, _ = _ms_value_grad(lambda a, b: (m_fn(a) * b).sum(), [x, w], 0)
         checks.append(compare(name, f"grad x {_PAIR_MS_T}", gm, gt, "loss_grad"))
         return checks
 
@@ -429,17 +433,23 @@ def _soft_iou_case(kind: str) -> Callable[[Context], list[Check]]:
 # ----------------------------------------------------------------------------- stage losses
 
 
-def _stage_loss_case(method: str, kind: str, mode: _Mode) -> Callable[[Context], list[Check]]:
+def _stage_loss_case(
+    method: str, kind: str, mode: _Mode, variant: Mapping[str, Any] | None = None
+) -> Callable[[Context], list[Check]]:
+    """One stage loss; ``variant``: extra loss parameters (``tag`` names the case)."""
+    extra = {k: v for k, v in (variant or {}).items() if k != "tag"}
+    tag = f"/{variant['tag']}" if variant else ""
+
     def run(ctx: Context) -> list[Check]:
-        name = f"loss/{method}/{kind}" + ("/graph" if mode == "graph" else "")
+        name = f"loss/{method}/{kind}{tag}" + ("/graph" if mode == "graph" else "")
         rng = _seed(ctx, "loss", method, kind)
         channels = 1 if method == "logit_kd" else 8
         t, s, mask, noise = make_inputs(kind, rng, channels)
         if method == "logit_kd":
             t, s = 3.0 * t, 3.0 * s  # logits, not features
-        params: dict[str, Any] | None = None
+        params: dict[str, Any] | None = dict(extra) if extra else None
         if method == "msa_awmse" and kind == "nomask":
-            params = {"use_mask": False}  # R = [M > 1]
+            params = {**extra, "use_mask": False}  # R = [M > 1]
         tl, ml, arrays = _build_pair(ctx, method, channels, params)
         tl.train()
         ml.set_train(True)
@@ -490,6 +500,14 @@ def loss_cases() -> list[Case]:
             quick = kind in _QUICK_INPUTS
             cases.append(Case(f"method/msa/{kind}{tag}", "map", _msa_case(kind, v), quick))
         cases.append(Case(f"method/l2/{kind}", "map", _l2_case(kind), kind in _QUICK_INPUTS))
+        cases.append(
+            Case(
+                f"method/l2_map/{kind}",
+                "map",
+                _l2_case(kind, "l2_map_normalize"),
+                kind in _QUICK_INPUTS,
+            )
+        )
         cases.append(Case(f"method/awmse/{kind}", "loss", _awmse_case(kind), kind in _QUICK_INPUTS))
         cases.append(
             Case(f"loss/soft_iou/{kind}", "loss", _soft_iou_case(kind), kind in _QUICK_INPUTS)
@@ -521,6 +539,29 @@ def loss_cases() -> list[Case]:
                     f"loss/{method}/{kind}/graph",
                     "loss",
                     _stage_loss_case(method, kind, "graph"),
+                    True,
+                )
+            )
+    # The method's normalisation options (the L2-off ablation and the per-map L2).
+    for variant in (
+        {"normalize": "l2_map", "tag": "l2_map"},
+        {"normalize": "none", "tag": "l2-off"},
+    ):
+        for kind in INPUTS:
+            cases.append(
+                Case(
+                    f"loss/msa_awmse/{kind}/{variant['tag']}",
+                    "loss",
+                    _stage_loss_case("msa_awmse", kind, "pynative", variant),
+                    kind in _QUICK_INPUTS,
+                )
+            )
+        for kind in _GRAPH_INPUTS:
+            cases.append(
+                Case(
+                    f"loss/msa_awmse/{kind}/{variant['tag']}/graph",
+                    "loss",
+                    _stage_loss_case("msa_awmse", kind, "graph", variant),
                     True,
                 )
             )

@@ -60,6 +60,7 @@ __all__ = [
     "fgd_loss",
     "fitnet_loss",
     "l2_normalize",
+    "l2_map_normalize",
     "layer_norm",
     "logit_kd_loss",
     "loss_weight_shapes",
@@ -288,6 +289,13 @@ def l2_normalize(x: Array, eps: float = 1e-6) -> Array:
     return x / np.maximum(norm, eps)
 
 
+def l2_map_normalize(x: Array, eps: float = 1e-6) -> Array:
+    """Per-image L2 normalisation of the whole map: ``x / max(sqrt(mean_hw sum_c x^2), eps)``."""
+    x = _f64(x)
+    rms = np.sqrt((x * x).sum(axis=1, keepdims=True).mean(axis=(2, 3), keepdims=True))
+    return x / np.maximum(rms, eps)
+
+
 def awmse(
     t_hat: Array,
     s_hat: Array,
@@ -335,8 +343,8 @@ def msa_awmse_loss(
 
     1. ``M``: :func:`msa_map` of ``t`` (and of ``s`` fused by max with ``on_student``);
        ``msa: False`` makes ``M = 1``.
-    2. ``normalize: l2``: :func:`l2_normalize` of both features (eps ``l2_eps``); ``none``:
-       unchanged.
+    2. ``normalize: l2``: :func:`l2_normalize` of both features (eps ``l2_eps``); ``l2_map``:
+       :func:`l2_map_normalize`; ``none``: unchanged.
     3. ``R``: :func:`mask_to` of the mask when ``use_mask`` and a mask is given, else
        ``[M > 1]``.
     4. ``awmse: True``: :func:`awmse` with ``alpha``, ``beta``, ``awmse_eps``; ``False``:
@@ -357,6 +365,8 @@ def msa_awmse_loss(
         raise ValueError(f"msa_awmse_loss: teacher {t.shape} and student {s.shape} differ")
     if p["normalize"] == "l2":
         t_hat, s_hat = l2_normalize(t, p["l2_eps"]), l2_normalize(s, p["l2_eps"])
+    elif p["normalize"] == "l2_map":
+        t_hat, s_hat = l2_map_normalize(t, p["l2_eps"]), l2_map_normalize(s, p["l2_eps"])
     else:
         t_hat, s_hat = t, s
     if not p["awmse"]:

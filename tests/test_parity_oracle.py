@@ -71,6 +71,8 @@ VARIANTS.update(
     {
         ("msa_awmse", "msa_off"): {"msa": False},
         ("msa_awmse", "l2_off"): {"normalize": "none"},
+        ("msa_awmse", "l2_map"): {"normalize": "l2_map"},
+        ("msa_awmse", "plain_mse_l2_map"): {"awmse": False, "normalize": "l2_map"},
         ("msa_awmse", "plain_mse"): {"awmse": False},
         ("msa_awmse", "plain_mse_l2_off"): {"awmse": False, "normalize": "none"},
         ("msa_awmse", "scale_3"): {"scales": [3]},
@@ -434,6 +436,25 @@ def test_l2_normalize_vs_torch():
     np.testing.assert_allclose(np.sqrt((ref**2).sum(axis=1))[0, 0, 0], 1.0, rtol=1e-12)
 
 
+def test_l2_map_normalize_vs_torch():
+    x = np.random.default_rng(3).standard_normal((B, C, H, W)).astype(np.float32)
+    x[1] *= 40.0  # the scale of one image does not leak into the other
+    x[1, :, 2, 2] *= 5.0  # a strong pixel stays 5x its neighbours' scale (l2 would erase it)
+    for eps in (1e-6, 1e-2):
+        ref = o.l2_map_normalize(x, eps)
+        np.testing.assert_allclose(t_method.l2_map_normalize(_t(x), eps).numpy(), ref, RTOL, ATOL)
+    ref = o.l2_map_normalize(x)
+    rms = np.sqrt((ref**2).sum(axis=1).mean(axis=(1, 2)))
+    np.testing.assert_allclose(rms, [1.0, 1.0], rtol=1e-12)
+    norms = np.sqrt((ref**2).sum(axis=1))
+    np.testing.assert_allclose(
+        norms[1, 2, 2] / norms[1, 2, 3],
+        np.sqrt((x[1, :, 2, 2] ** 2).sum()) / np.sqrt((x[1, :, 2, 3] ** 2).sum()),
+        rtol=1e-6,
+    )
+    assert np.all(o.l2_map_normalize(np.zeros((1, C, H, W))) == 0.0)  # a zero map stays zero
+
+
 def test_soft_iou_and_task_loss_vs_torch():
     rng = np.random.default_rng(4)
     logits = (4.0 * rng.standard_normal((B, 1, 14, 18))).astype(np.float32)
@@ -573,6 +594,9 @@ def test_pieces_vs_mindspore():
     np.testing.assert_allclose(ms_method.msa_map(_m(t)).asnumpy(), o.msa_map(t), RTOL, ATOL)
     np.testing.assert_allclose(
         ms_method.l2_normalize(_m(t)).asnumpy(), o.l2_normalize(t), RTOL, ATOL
+    )
+    np.testing.assert_allclose(
+        ms_method.l2_map_normalize(_m(t)).asnumpy(), o.l2_map_normalize(t), RTOL, ATOL
     )
     logits, mask = t[:, :1], _mask("msa_awmse", "target")[:, :, ::STRIDE, ::STRIDE].copy()
     fw = float(ms_losses.task_loss(_m(logits), (_m(s[:, :1]),), _m(mask)).asnumpy())

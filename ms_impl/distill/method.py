@@ -8,6 +8,8 @@ floating-point operations. Notation: teacher feature ``T`` (B, Ct, H, W), studen
   ``k // 2``, padded cells excluded from the average); ``c = mean_k c_k`` (or max);
   ``c = c / (max_hw c + eps)`` per image; ``M = H*W * softmax_hw(c / tau)``; no gradient.
 - :func:`l2_normalize`: ``x / max(||x||_2 over channels, eps)`` per pixel.
+- :func:`l2_map_normalize`: ``x / max(sqrt(mean_hw sum_c x^2), eps)`` per image (the whole
+  map's L2 norm, scaled to one per pixel: relative magnitudes between pixels survive).
 - :func:`awmse`: ``d = sum_c (T_hat - S_hat)^2``; per image ``w_fg = M*R / (sum M*R + eps)``,
   ``w_bg = M*(1-R) / (sum M*(1-R) + eps)``; ``L = mean_b(alpha sum w_fg d + beta sum w_bg d)``.
 - :class:`MSAAWMSELoss`: the stage loss that puts them together, every option a config field.
@@ -41,6 +43,7 @@ __all__ = [
     "mask_to",
     "msa_map",
     "l2_normalize",
+    "l2_map_normalize",
     "awmse",
     "plain_mse",
     "Connector",
@@ -143,6 +146,17 @@ def l2_normalize(x: Tensor, eps: float = 1e-6) -> Tensor:
     return x / ops.sqrt(ops.clamp(sq, min=eps * eps))
 
 
+def l2_map_normalize(x: Tensor, eps: float = 1e-6) -> Tensor:
+    """Per-image L2 normalisation of the whole map: ``x / max(sqrt(mean_hw sum_c x^2), eps)``.
+
+    The map's L2 norm divided by ``sqrt(H*W)``, so that the mean squared per-pixel norm becomes
+    one; unlike :func:`l2_normalize`, a pixel's magnitude relative to the others is kept.
+    Computed as ``x / sqrt(max(mean, eps^2))`` (a zero map stays zero, zero gradient).
+    """
+    sq = ops.mean(ops.sum(x * x, 1, True), (2, 3), True)
+    return x / ops.sqrt(ops.clamp(sq, min=eps * eps))
+
+
 def awmse(
     t_hat: Tensor,
     s_hat: Tensor,
@@ -212,7 +226,8 @@ class MSAAWMSELoss(nn.Cell):
 
     1. ``M = msa_map(t)`` (``msa: False``: ``M = 1``); with ``on_student`` also
        ``msa_map(s)``, fused by elementwise max. ``M`` carries no gradient.
-    2. ``t_hat, s_hat = l2_normalize(t), l2_normalize(s)`` (``normalize: none``: unchanged).
+    2. ``t_hat, s_hat = l2_normalize(t), l2_normalize(s)`` (``normalize: l2_map``:
+       :func:`l2_map_normalize`; ``none``: unchanged).
     3. ``R = mask_to(mask, H, W)`` when ``use_mask`` and a mask is given, else ``R = [M > 1]``
        (for a uniform ``M`` that region is empty: everything is background).
     4. ``awmse(t_hat, s_hat, M, R, alpha, beta)``; with ``awmse: False`` (ablation) the plain
@@ -269,6 +284,9 @@ class MSAAWMSELoss(nn.Cell):
         if self.normalize == "l2":
             t_hat = l2_normalize(t, self.l2_eps)
             s_hat = l2_normalize(s, self.l2_eps)
+        elif self.normalize == "l2_map":
+            t_hat = l2_map_normalize(t, self.l2_eps)
+            s_hat = l2_map_normalize(s, self.l2_eps)
         else:
             t_hat = t
             s_hat = s
