@@ -10,7 +10,7 @@ Importing this package imports MindSpore (through ``ms_impl``, which first sets
 ``ONEDNN_MAX_CPU_ISA``); ``mindspore_lite`` is optional.
 """
 
-from deploy_ascend.latency import eager_latency, mindir_latency, summarize
+from deploy_ascend.latency import eager_latency, mindir_latency
 from deploy_ascend.lite import (
     PRECISION_MODES,
     LiteUnavailableError,
@@ -44,6 +44,5 @@ __all__ = [
     "mindir_latency",
     "roundtrip_check",
     "run_lite",
-    "summarize",
     "write_converter_config",
 ]

@@ -22,10 +22,7 @@ from deploy_ascend.mindir_export import load_mindir
 from irkd.bench import latency_summary
 from ms_impl.runtime import context_mode
 
-__all__ = ["eager_latency", "mindir_latency", "summarize"]
-
-
-summarize = latency_summary  # kept name: the package's tests and callers use it
+__all__ = ["eager_latency", "mindir_latency"]
 
 
 def _check(shape: Sequence[int], warmup: int, runs: int) -> tuple[int, ...]:
@@ -85,7 +82,7 @@ def mindir_latency(
     x = _input(s, seed)
     first_s, lat = _time(lambda: cell(x).asnumpy(), warmup, runs)
     return {
-        **summarize(lat),
+        **latency_summary(lat),
         "load_s": load_s,
         "first_call_s": first_s,
         "runs": runs,
@@ -132,7 +129,7 @@ def eager_latency(
         if was_training:
             net.set_train(True)
     return {
-        **summarize(lat),
+        **latency_summary(lat),
         "first_call_s": first_s,
         "runs": runs,
         "warmup": warmup,

@@ -19,10 +19,7 @@ from torch import nn
 from deploy_jetson.onnx_export import INPUT_NAME, ort_session
 from irkd.bench import latency_summary
 
-__all__ = ["ort_latency", "summarize_ms", "torch_latency"]
-
-
-summarize_ms = latency_summary  # kept name: the package's tests and callers use it
+__all__ = ["ort_latency", "torch_latency"]
 
 
 def _check_counts(warmup: int, runs: int) -> None:
@@ -57,8 +54,9 @@ def ort_latency(
         seed: Seed of the random input.
 
     Returns:
-        :func:`summarize_ms` plus ``provider`` (the one used first), ``providers``, ``shape``,
-        ``runs``, ``warmup`` and ``threads`` (0: onnxruntime's default).
+        :func:`irkd.bench.latency_summary` plus ``provider`` (the one used first),
+        ``providers``, ``shape``, ``runs``, ``warmup`` and ``threads`` (0: onnxruntime's
+        default).
     """
     _check_counts(warmup, runs)
     x = _input(shape, seed)
@@ -72,7 +70,7 @@ def ort_latency(
             times.append((time.perf_counter() - t0) * 1e3)
     used = sess.get_providers()
     return {
-        **summarize_ms(times),
+        **latency_summary(times),
         "provider": used[0],
         "providers": used,
         "shape": list(x.shape),
@@ -106,8 +104,8 @@ def torch_latency(
         seed: Seed of the random input.
 
     Returns:
-        :func:`summarize_ms` plus ``device``, ``shape``, ``runs``, ``warmup`` and ``threads``
-        (torch intra-op threads).
+        :func:`irkd.bench.latency_summary` plus ``device``, ``shape``, ``runs``, ``warmup``
+        and ``threads`` (torch intra-op threads).
     """
     _check_counts(warmup, runs)
     dev = torch.device(device)
@@ -132,7 +130,7 @@ def torch_latency(
     finally:
         model.to(home).train(was_training)
     return {
-        **summarize_ms(times),
+        **latency_summary(times),
         "device": str(dev),
         "shape": list(x.shape),
         "runs": runs,

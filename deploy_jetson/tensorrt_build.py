@@ -1,5 +1,9 @@
 """TensorRT engine builder (FP16, INT8 with an entropy calibrator) and runner.
 
+Why this module is long: the builder and the runner share the lazily imported TensorRT and
+CUDA bindings and the shape checks; everything up to the TensorRT calls is plain Python,
+kept next to them so that it is tested here.
+
 ``tensorrt`` and a CUDA binding (``cuda-python``, else ``pycuda``) are imported only when an
 engine is built or run: they exist on a Jetson (JetPack) or an NVIDIA GPU machine, not here.
 Everything before that step is plain Python and numpy and is tested anywhere: argument and

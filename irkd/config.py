@@ -1,5 +1,9 @@
 """Typed experiment configuration: YAML in, validated dataclasses out.
 
+Why this module is long: the dataclass of every config section and the checks of its values
+(``_check_values``) are the config's one definition; splitting the sections from their
+checks would scatter it.
+
 A config file is a YAML mapping whose sections mirror the dataclasses below. Unknown keys
 are rejected with their dotted name, values are type-checked (no string booleans: ``"true"``
 is not a bool), and any field can be overridden from the command line as ``key.sub=value``
@@ -481,9 +485,6 @@ def yaml_load(text: str) -> Any:
     return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
 
 
-_yaml_load = yaml_load
-
-
 def config_from_dict(data: dict[str, Any] | None) -> ExperimentConfig:
     """Build and validate an :class:`ExperimentConfig` from a plain mapping."""
     if data is None:
@@ -516,7 +517,7 @@ def parse_overrides(items: list[str] | tuple[str, ...]) -> dict[str, Any]:
         if not all(parts):
             raise ConfigError(f"override {item!r} has an empty key")
         try:
-            value = _yaml_load(raw) if raw.strip() else ""
+            value = yaml_load(raw) if raw.strip() else ""
         except yaml.YAMLError as exc:
             raise ConfigError(f"override {item!r}: value is not valid YAML ({exc})") from exc
         node = out
@@ -574,7 +575,7 @@ def load_config(
         except OSError as exc:
             raise ConfigError(f"config file {p} cannot be read: {exc.strerror or exc}") from None
         try:
-            data = _yaml_load(text) or {}
+            data = yaml_load(text) or {}
         except DuplicateKeyError as exc:
             raise ConfigError(
                 f"config file {p}: duplicate key {exc.key!r} at line {exc.line} (first at line "

@@ -1,5 +1,9 @@
 """The training loop, framework-free, around a backend's train step.
 
+Why this module is long: the loop is one piece: :func:`run_training`, :func:`_run_locked`
+and :func:`run_epoch` share the run's state, and the :class:`Trainer` protocol they drive is
+documented next to them.
+
 :func:`run_training` runs a whole run (run folder and resume checks, data, epochs, log
 records, progress bars, test report) around a backend's :class:`Trainer` (the protocol
 ``torch_ref.train.TorchTrainer`` and ``ms_impl.train.MSTrainer`` follow). Its pieces:
@@ -18,10 +22,6 @@ its state, checkpoints and lock), :mod:`irkd.runlog` (``log.jsonl``), :mod:`irkd
 Conventions: epochs are 0-based in code and in ``state.json`` (``TrainState.epoch`` counts
 completed epochs); log records carry ``epoch`` 1-based (the epoch being run, as the
 progress bar shows it) and ``step`` as the 1-based global step just finished.
-
-This module is over 450 lines because the loop is one piece: :func:`run_training`,
-:func:`_run_locked` and :func:`run_epoch` share the run's state, and the :class:`Trainer`
-protocol they drive is documented next to them.
 """
 
 from __future__ import annotations
@@ -204,7 +204,7 @@ class Trainer(Protocol):
 
 
 def restore_checkpoint(
-    rd: RunDir,
+    rundir: RunDir,
     trainer: Trainer,
     *,
     say: Callable[[str], None] = lambda s: None,
@@ -223,10 +223,10 @@ def restore_checkpoint(
         FileNotFoundError: No checkpoint at all.
         RunFolderError: No checkpoint can be read (each one's reason named).
     """
-    kept = sorted(rd.checkpoints.glob("epoch_[0-9][0-9][0-9][0-9]"), reverse=True)
-    candidates = ([rd.last] if rd.last.is_dir() else []) + kept
+    kept = sorted(rundir.checkpoints.glob("epoch_[0-9][0-9][0-9][0-9]"), reverse=True)
+    candidates = ([rundir.last] if rundir.last.is_dir() else []) + kept
     if not candidates:
-        rd.read_state()  # raises FileNotFoundError naming the folder
+        rundir.read_state()  # raises FileNotFoundError naming the folder
     broken: list[tuple[Path, str]] = []
     for folder in candidates:
         try:
@@ -242,7 +242,7 @@ def restore_checkpoint(
             say(f"checkpoint {folder} cannot be read ({reason}); trying an older one")
             continue
         for bad, _ in broken if move_broken else []:
-            aside = rd.checkpoints / f"broken-{bad.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+            aside = rundir.checkpoints / f"broken-{bad.name}-{time.strftime('%Y%m%d-%H%M%S')}"
             with contextlib.suppress(OSError):
                 bad.rename(aside)
                 say(f"moved {bad} aside to {aside} (kept, not deleted)")
@@ -251,7 +251,7 @@ def restore_checkpoint(
         return state, folder
     shown = "; ".join(f"{f.name} ({r})" for f, r in broken)
     raise RunFolderError(
-        f"--resume: no checkpoint in {rd.checkpoints} can be read: {shown}; "
+        f"--resume: no checkpoint in {rundir.checkpoints} can be read: {shown}; "
         "start a fresh run in another --out folder"
     )
 
@@ -367,7 +367,7 @@ def _remove_unstarted(path: Path, *, keep_folder: bool) -> None:
 
 def _run_locked(
     cfg: ExperimentConfig,
-    rd: RunDir,
+    rundir: RunDir,
     make_trainer: Callable[[], Trainer],
     *,
     resume: bool,
@@ -385,29 +385,29 @@ def _run_locked(
     wall_before = 0.0
     state = TrainState()
     main = world is None or world.is_main
-    changes = resume_changes(rd.config, cfg) if resume else {}
+    changes = resume_changes(rundir.config, cfg) if resume else {}
 
     data = prepare_data(cfg, cache_dir, synth_size=synth_size)
     if world is not None and world.parallel:
         if main:
             world.barrier()  # the other ranks read the run folder and the data from here on
         data.batches = ShardedBatches(data.batches, world.rank, world.size)  # type: ignore[assignment]
-    spe = steps_per_epoch(data.batches, cfg.schedule)
+    epoch_steps = steps_per_epoch(data.batches, cfg.schedule)
     trainer = make_trainer()
     if resume:
-        state, folder = restore_checkpoint(rd, trainer, say=say, move_broken=main)
-        wall_before = rd.read_wall_s(folder)
-        saved_spe = state.extra.get("steps_per_epoch")
-        if saved_spe is not None and int(saved_spe) != spe:
+        state, folder = restore_checkpoint(rundir, trainer, say=say, move_broken=main)
+        wall_before = rundir.read_wall_s(folder)
+        saved_epoch_steps = state.extra.get("steps_per_epoch")
+        if saved_epoch_steps is not None and int(saved_epoch_steps) != epoch_steps:
             raise ConfigError(
-                f"--resume: {spe} steps per epoch now, {saved_spe} when the checkpoint was "
-                "written (the data or batch size changed)"
+                f"--resume: {epoch_steps} steps per epoch now, {saved_epoch_steps} when the "
+                "checkpoint was written (the data or batch size changed)"
             )
         if main:
-            rd.trim_log(state.epoch)
-        say(f"resuming {rd.path} after epoch {state.epoch} (step {state.step})")
+            rundir.trim_log(state.epoch)
+        say(f"resuming {rundir.path} after epoch {state.epoch} (step {state.step})")
     if main:  # only now: a run that cannot start leaves no config behind
-        rd.save_config(cfg)
+        rundir.save_config(cfg)
 
     def wall() -> float:
         # Time lost after the last checkpoint of an interrupted segment is not counted.
@@ -418,7 +418,7 @@ def _run_locked(
     mode = f"distill {cfg.method.name}" if is_distill(cfg) else "train"
     # A fresh run starts log.jsonl anew (records of a run that died before its first
     # checkpoint are not this run's); a resumed one keeps the records up to its checkpoint.
-    logger = rd.logger(fresh=not resume) if main else contextlib.nullcontext(_NullLog())
+    logger = rundir.logger(fresh=not resume) if main else contextlib.nullcontext(_NullLog())
     with logger as log:
         if changes:
             log.log({"kind": "resume", "after_epoch": state.epoch, "changed": changes})
@@ -431,7 +431,7 @@ def _run_locked(
                     "mode": mode,
                     "student": cfg.model.name,
                     "teacher": cfg.teacher.name if is_distill(cfg) and cfg.teacher else None,
-                    "steps_per_epoch": spe,
+                    "steps_per_epoch": epoch_steps,
                     "data": data.info(),
                     **trainer.run_info(),
                 }
@@ -439,7 +439,7 @@ def _run_locked(
         bar = progress(total=epochs, desc=f"{cfg.name} [{mode}]", initial=state.epoch, unit="ep")
         try:
             while state.epoch < last_epoch:
-                run_epoch(trainer, data, rd, log, state, spe, wall=wall, world=world)
+                run_epoch(trainer, data, rundir, log, state, epoch_steps, wall=wall, world=world)
                 bar.update(1)
                 if state.best_score is not None:
                     bar.set_postfix(best_iou=f"{state.best_score:.4f}", ep=state.best_epoch)
@@ -447,7 +447,7 @@ def _run_locked(
             bar.close()
 
     result: dict[str, Any] = {
-        "run_dir": str(rd.path),
+        "run_dir": str(rundir.path),
         "state": state.to_json(),
         "best_epoch": state.best_epoch,
         "best_val": state.best_score,
@@ -461,25 +461,25 @@ def _run_locked(
         return result
     if not main:  # rank 0 evaluates and writes the test report
         return result
-    report = final_report(rd, cfg, data, trainer.bare_forward(rd.best), write=False)
-    report.update(last_report(trainer, rd, data, state, report))
+    report = final_report(rundir, cfg, data, trainer.bare_forward(rundir.best), write=False)
+    report.update(last_report(trainer, rundir, data, state, report))
     report["wall_s"] = wall()
-    write_json_atomic(rd.metrics, report)
+    write_json_atomic(rundir.metrics, report)
     result["metrics"] = summary_metrics(report)
     result["last"] = report["last"]
     result["wall_s"] = report["wall_s"]
     val = "n/a" if state.best_score is None else f"{100 * state.best_score:.2f}%"
-    say(f"best epoch {report['best_epoch']} (val IoU {val}); test metrics in {rd.metrics}")
+    say(f"best epoch {report['best_epoch']} (val IoU {val}); test metrics in {rundir.metrics}")
     return result
 
 
 def run_epoch(
     trainer: Trainer,
     data: PreparedData,
-    rd: RunDir,
+    rundir: RunDir,
     log: RecordLog,
     state: TrainState,
-    spe: int,
+    epoch_steps: int,
     *,
     wall: Callable[[], float] | None = None,
     world: World | None = None,
@@ -489,10 +489,10 @@ def run_epoch(
     Args:
         trainer: The backend's trainer.
         data: The prepared data.
-        rd: The run folder.
+        rundir: The run folder.
         log: The run's logger.
         state: Where the run stands (updated in place).
-        spe: Steps per epoch.
+        epoch_steps: Steps per epoch.
         wall: The run's wall seconds so far (over resumed segments), stored with the
             checkpoint (``timing.json``); None stores nothing.
         world: The processes of a data-parallel run (None: one process); only rank 0
@@ -506,13 +506,13 @@ def run_epoch(
     t_epoch = time.perf_counter()
     t_window, n_window = t_epoch, 0
     sums: dict[str, float] = {}
-    last_good = rd.last if rd.has_checkpoint() else None
-    steps = progress(total=spe, desc=f"epoch {e + 1}", leave=False, unit="step")
+    last_good = rundir.last if rundir.has_checkpoint() else None
+    steps = progress(total=epoch_steps, desc=f"epoch {e + 1}", leave=False, unit="step")
     try:
         for i, (images, masks) in enumerate(data.batches.epoch(e)):
-            if i >= spe:
+            if i >= epoch_steps:
                 break
-            lr = lr_at(state.step, spe, cfg.optim, cfg.schedule)
+            lr = lr_at(state.step, epoch_steps, cfg.optim, cfg.schedule)
             values = trainer.step(
                 images,
                 masks,
@@ -543,7 +543,7 @@ def run_epoch(
     finally:
         steps.close()
     train_s = time.perf_counter() - t_epoch
-    means = {k: v / spe for k, v in sums.items()}
+    means = {k: v / epoch_steps for k, v in sums.items()}
     log.log(
         {
             "kind": "epoch",
@@ -551,7 +551,7 @@ def run_epoch(
             "step": state.step,
             **{f"mean_{k}": v for k, v in means.items()},
             "train_s": train_s,
-            "images_per_s": spe * cfg.data.batch_size / max(train_s, 1e-9),
+            "images_per_s": epoch_steps * cfg.data.batch_size / max(train_s, 1e-9),
         }
     )
 
@@ -578,9 +578,11 @@ def run_epoch(
         if better:
             state.best_score = score if score is not None else state.best_score
             state.best_epoch = e + 1
-            trainer.save_best(rd.best, weights_metadata(trainer, data, epoch=e + 1, val_iou=score))
+            trainer.save_best(
+                rundir.best, weights_metadata(trainer, data, epoch=e + 1, val_iou=score)
+            )
             write_json_atomic(
-                rd.best_json,
+                rundir.best_json,
                 {
                     "epoch": e + 1,
                     "step": state.step,
@@ -595,12 +597,12 @@ def run_epoch(
     state.epoch = e + 1
     state.extra = {
         "backend": trainer.backend,
-        "steps_per_epoch": spe,
+        "steps_per_epoch": epoch_steps,
         "data": {"next_epoch": state.epoch, "seed": cfg.seed, "rng": "default_rng([seed, epoch])"},
     }
     if not main:
         return
-    rd.write_checkpoint(
+    rundir.write_checkpoint(
         state,
         trainer.write,
         keep_last=cfg.train.keep_last,

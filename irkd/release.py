@@ -1,5 +1,9 @@
 """Release builds (``irkd release``): parity gate, both backends' artifacts, a manifest.
 
+Why this module is long: ``build_release`` is one transaction (gate, build, evaluate, time,
+manifest, move into place), and ``check_out``, which decides what ``--overwrite`` may
+replace, guards it; both need the rules written below.
+
 Framework-free orchestration. The CLI passes in one :class:`ReleaseBackend` per target
 (``deploy_ascend.release`` for Ascend, ``deploy_jetson.release`` for Jetson) and an
 ``evaluate`` callable; this module

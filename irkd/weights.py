@@ -1,5 +1,9 @@
 """Framework-neutral weights: one safetensors file of numpy arrays both backends load.
 
+Why this module is long: the docstring is the specification of the neutral format and of the
+name map; the code is the format's reader, writer and strict checks, which must agree with
+it.
+
 The neutral format
 ==================
 

@@ -15,7 +15,7 @@ Everything that communicates is MindSpore's:
   the gradient of the global batch's loss.
 - :func:`mean_values`: the logged loss terms averaged over the ranks.
 
-Measured on this CPU (MindSpore 2.10, msrun, 2 workers): ``init()`` joins an MCCL group;
+On CPU (MindSpore 2.10, msrun, 2 workers, as tried): ``init()`` joins an MCCL group;
 ``AllReduce`` runs in PyNative and GRAPH_MODE and differentiates; ``DistributedGradReducer``
 works; ``nn.SyncBatchNorm`` does not ("Unsupported op [SyncBatchNorm] on CPU"), hence per-rank
 BatchNorm statistics (:mod:`irkd.dist`).

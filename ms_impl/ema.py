@@ -14,11 +14,11 @@ place. The averaged network (:attr:`ModelEma.module`, a deep copy of the student
 evaluation) receives the values in place (``ops.assign``, so that its compiled eval graph
 sees them) only when it is asked for, once per validation, not once per step.
 
-Why numpy (measured, ``dnanet_xxs``: 346 tensors, 168k values, 2-core CPU): 3.2 ms a step,
-against 20 ms for a compiled graph of ``assign(e, e * d + w * c)`` over the same parameters
-(one CPU kernel launch per operation) and 0.8 s for the same eagerly. On an accelerator the
-per-parameter device-to-host reads would dominate instead; for a large student there, a
-compiled device-side update (the graph above) is the better choice.
+Why numpy: on a CPU it is faster than a compiled graph of ``assign(e, e * d + w * c)`` over
+the same parameters (one CPU kernel launch per operation), and far faster than the same run
+eagerly (figures in ``docs/mindspore-notes.md``). On an accelerator the per-parameter
+device-to-host reads would dominate instead; for a large student there, a compiled
+device-side update (the graph above) is the better choice.
 """
 
 from __future__ import annotations

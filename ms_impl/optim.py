@@ -19,11 +19,11 @@ gradient. ``mindspore.nn.Adam`` / ``nn.AdamWeightDecay`` do not (other decay and
 placement), and neither does ``mindspore.experimental.optim.Adam``: it runs ``ops.Adam``,
 which adds epsilon *before* the bias correction, i.e. an effective epsilon of
 ``eps / sqrt(1 - beta2^t)`` (31x larger at the first step). Parameters whose gradients are
-around 1e-7 then move up to ``lr`` less per step than in PyTorch (measured: 3 * lr apart
-after three steps of a ``dnanet_xxs``). ``adam`` therefore runs :class:`AdamL2`: the
+around 1e-7 then move up to ``lr`` less per step than in PyTorch (figures in
+``docs/mindspore-notes.md``). ``adam`` therefore runs :class:`AdamL2`: the
 experimental AdamW with no decoupled decay (its ``p *= 1 - lr * 0`` is exact) after adding
 ``wd * p`` to the gradient, which is PyTorch's Adam operation for operation.
-Measured (``tests/test_train_ms.py``, which prints the drift): three steps of a
+``tests/test_train_ms.py`` checks it (and prints the drift): three steps of a
 ``dnanet_xxs`` alone from the same weights on the same batch give bit-identical losses with
 SGD, AdamW and Adam; SGD's parameters agree within float32 rounding; Adam(W)'s within a small
 fraction of ``lr``. Adam normalises each gradient element by its own size, so an element
@@ -42,12 +42,12 @@ optimizer reads at run time, so a new value needs no recompilation. It must be w
 - ``Parameter.set_data(Tensor(lr))`` swaps the parameter's storage; a train step compiled
   before (GRAPH_MODE, ``ms.jit``, and also PyNative, where the optimizers' inner
   ``implementation`` is ``@jit``-compiled) keeps reading the old storage, so the new rate is
-  silently ignored (measured: the update size did not follow the rate);
+  silently ignored;
 - assigning a Python float to ``group["lr"]`` bakes the value into the next compiled graph
   as a constant (one recompilation per value).
 
 ``ops.assign(group["lr"], Tensor(lr, float32))`` is seen by the already compiled step in
-GRAPH_MODE, under ``ms.jit`` and in PyNative (measured: halving the rate halves the update).
+GRAPH_MODE, under ``ms.jit`` and in PyNative (halving the rate halves the update).
 The same rule holds for any parameter a compiled step reads (weights, optimizer moments):
 load them before the first step, or write them with ``ops.assign``.
 
@@ -145,16 +145,21 @@ def build_optimizer(params: Sequence[Parameter], optim_cfg: Any) -> optim.Optimi
     params = list(params)
     if not params:
         raise ValueError("build_optimizer: no trainable parameters")
-    o = optim_cfg
-    lr = float(o.lr)
-    wd = float(o.weight_decay)
-    if o.name == "adamw":
-        return optim.AdamW(params, lr=lr, betas=tuple(o.betas), eps=float(o.eps), weight_decay=wd)
-    if o.name == "adam":
-        return AdamL2(params, lr=lr, betas=tuple(o.betas), eps=float(o.eps), weight_decay=wd)
-    if o.name == "sgd":
-        return optim.SGD(params, lr=lr, momentum=float(o.momentum), weight_decay=wd)
-    raise ValueError(f"optim.name: unknown optimizer {o.name!r}; valid: {', '.join(OPTIMIZERS)}")
+    lr = float(optim_cfg.lr)
+    wd = float(optim_cfg.weight_decay)
+    if optim_cfg.name == "adamw":
+        return optim.AdamW(
+            params, lr=lr, betas=tuple(optim_cfg.betas), eps=float(optim_cfg.eps), weight_decay=wd
+        )
+    if optim_cfg.name == "adam":
+        return AdamL2(
+            params, lr=lr, betas=tuple(optim_cfg.betas), eps=float(optim_cfg.eps), weight_decay=wd
+        )
+    if optim_cfg.name == "sgd":
+        return optim.SGD(params, lr=lr, momentum=float(optim_cfg.momentum), weight_decay=wd)
+    raise ValueError(
+        f"optim.name: unknown optimizer {optim_cfg.name!r}; valid: {', '.join(OPTIMIZERS)}"
+    )
 
 
 def set_lr(optimizer: optim.Optimizer, lr: float) -> None:

@@ -12,8 +12,7 @@ Twin of ``torch_ref.predict``:
 - :func:`teacher_msa_maps` computes the teacher's MSA attention maps for figures.
 
 Execution mode (:func:`forward_fn`'s ``mode``): GRAPH_MODE compiles the network once per
-input shape and then runs about 1.8x faster than PyNative (measured, ``dnanet_xs`` eval at
-256x256 on this 2-core CPU: 2.4 s to compile, then 0.25 s against 0.45 s a image). That pays
+input shape and then runs faster than PyNative (``docs/mindspore-notes.md``). That pays
 off on a split of equal-sized images (NUDT-SIRST, the synthetic data), not on one of many
 sizes (NUAA-SIRST). ``mode="auto"`` compiles the first few distinct shapes and runs any
 further shape eagerly. The context mode is switched for the call and restored after; a

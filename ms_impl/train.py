@@ -1,5 +1,10 @@
 """MindSpore training: ``irkd train`` (a network alone) and ``irkd distill`` (frozen teacher).
 
+Why this module is long: most of it is this docstring, the MindSpore behaviour the compiled
+step depends on (each point a workaround the code below relies on); the code is one trainer
+class mirroring ``torch_ref.train``. The measurements behind these choices are in
+``docs/mindspore-notes.md``.
+
 The native implementation; ``torch_ref.train`` is its PyTorch twin, with the same structure
 (``MSTrainer`` <-> ``TorchTrainer``, both following the :class:`irkd.engine.Trainer`
 protocol: ``train_mode``, ``step``, ``write``, ``read``, ``eval_forward``, ``save_best``,
@@ -32,7 +37,7 @@ The compiled step (findings, MindSpore 2.10 on CPU)
   blocks) trainable parameters, never the teacher's.
 - **Inputs are flat tensors.** A tuple of tensors passed to a ``ms.jit`` function is taken as
   a *constant* (MindSpore warns "Constant value tensor are detected in tuple or list") and
-  the step is recompiled at every call with new values (measured: 35-50 s per step).
+  the step is recompiled at every call with new values.
   The teacher features and the noise are therefore passed as separate positional tensors
   (``*t_feats, *noise``) and regrouped inside the graph.
 - **The teacher is frozen three ways**: its parameters have ``requires_grad=False`` and are
@@ -52,7 +57,7 @@ The compiled step (findings, MindSpore 2.10 on CPU)
   the parameter's storage while the graph (and, in PyNative, the experimental optimizers'
   own ``@jit`` update) keeps the old one. The same holds for weights: a checkpoint loaded
   with ``set_data`` after the first step would be read by the forward pass while the
-  optimizer kept updating the old storage (measured: no weight changed any more).
+  optimizer kept updating the old storage.
   :meth:`MSTrainer.read` therefore writes weights and optimizer state in place
   (:func:`assign_neutral`, :func:`ms_impl.optim.load_optimizer`).
 - **NaN/Inf.** The update is guarded inside the graph (``if isfinite(loss): optimizer(grads)``),
@@ -64,29 +69,10 @@ The compiled step (findings, MindSpore 2.10 on CPU)
   sees what reaches the loss (a NaN mask pixel, an overflow, a diverging run).
 - **Evaluation** (validation, test report) of a GRAPH_MODE run uses
   :func:`ms_impl.predict.forward_fn` ``mode="auto"``: the eval network is compiled for the
-  first few image shapes (2.4 s for a ``dnanet_xs`` at 256x256, then 0.25 s an image against
-  0.45 s eagerly) and any further shape runs eagerly, so a dataset of many sizes does not pay
-  one compilation per size. The compiled eval graph reads the parameters the train step
+  first few image shapes and any further shape runs eagerly, so a dataset of many sizes
+  does not pay one compilation per size. The compiled eval graph reads the parameters the train step
   updates in place, and switching the context mode for evaluation leaves the compiled train
   step valid (it is not recompiled). A PyNative run evaluates eagerly.
-
-Measured step times (this 2-core CPU, batch 4, 256x256 crops, AdamW, median of 5 steps
-after the first; the machine was shared, load average 3 to 8, so absolute times are
-inflated by up to about 2x; "first" = compilation plus one step):
-
-=========================================  ==============  ===========  ==========
-run                                        GRAPH_MODE      ms.jit in    PyNative,
-                                           (first)         PyNative     eager
-=========================================  ==============  ===========  ==========
-teacher ``dnanet`` alone                   10.4 s (101 s)  9.2 s        18.8 s
-student ``dnanet_xs`` alone                3.8 s (48 s)    3.7 s        8.6 s
-``dnanet`` -> ``dnanet_xs``, msa_awmse      6.6 s (63 s)    6.8 s        12.3 s
-=========================================  ==============  ===========  ==========
-
-A compiled step (GRAPH_MODE, or ``ms.jit`` under PyNative: the same within noise) is about
-2x faster than eager PyNative; compiling costs 45 to 90 s once per run (and once more after
-a resume). On tiny inputs (a 64x64 test batch) eager PyNative is dominated by per-operation
-overhead and the compiled step is 10-15x faster.
 
 Which mode: distillation when ``cfg.teacher`` is set and ``cfg.method.name != "none"``;
 otherwise the student (``cfg.model``) is trained alone with the task loss.
@@ -104,7 +90,7 @@ why), it is what validation, ``best.safetensors`` and ``last.safetensors`` (so t
 see; training keeps the raw student.
 
 Resume (``resume=True``) restarts at the epoch after the last checkpoint; on CPU it reproduces
-an uninterrupted run bit for bit (measured by ``tests/test_train_ms.py``: weights, optimizer
+an uninterrupted run bit for bit (``tests/test_train_ms.py`` checks it: weights, optimizer
 state and losses identical; same machine and thread count).
 
 Data parallel (``msrun --worker_num=N --local_worker_num=N irkd train|distill ... --out RUN``,

@@ -1,5 +1,9 @@
 """Parity cases of the method's components and of every loss (values 3 ways, gradients 2 ways).
 
+Why this module is long: it is the table of every loss and method-component case, one small
+builder per kind of case, all sharing the seeded inputs and the neutral weight files
+described below.
+
 Case names:
 
 - ``method/msa/<input>``: the MSA map ``M`` (numpy oracle, MindSpore, PyTorch);
@@ -51,7 +55,6 @@ __all__ = [
 
 LOSS_METHODS: tuple[str, ...] = ("msa_awmse", *BASELINE_DEFAULTS)
 INPUTS: tuple[str, ...] = ("random", "hot-pixel", "zeros", "tiny", "nomask", "odd")
-_QUICK_INPUTS = INPUTS  # the whole loss table takes ~15 s: all of it is in the quick set
 _GRAPH_INPUTS = ("random",)  # GRAPH_MODE compiles per shape: one input per method
 _PAIR_MS_T = "mindspore~pytorch"
 #: Network whose state ``method/ema/update`` averages (the cpu-bench student).
@@ -479,7 +482,7 @@ def _stage_loss_case(
 
 
 def loss_cases() -> list[Case]:
-    """The method-component and loss rows of the case table."""
+    """The method-component and loss rows of the case table, every one in the quick set."""
     cases: list[Case] = []
     msa_variants = [
         {},
@@ -497,21 +500,18 @@ def loss_cases() -> list[Case]:
                 # its contrast is float32 rounding noise that the max normalisation blows up.
                 continue
             tag = f"/{v['tag']}" if "tag" in v else ""
-            quick = kind in _QUICK_INPUTS
-            cases.append(Case(f"method/msa/{kind}{tag}", "map", _msa_case(kind, v), quick))
-        cases.append(Case(f"method/l2/{kind}", "map", _l2_case(kind), kind in _QUICK_INPUTS))
+            cases.append(Case(f"method/msa/{kind}{tag}", "map", _msa_case(kind, v), True))
+        cases.append(Case(f"method/l2/{kind}", "map", _l2_case(kind), True))
         cases.append(
             Case(
                 f"method/l2_map/{kind}",
                 "map",
                 _l2_case(kind, "l2_map_normalize"),
-                kind in _QUICK_INPUTS,
+                True,
             )
         )
-        cases.append(Case(f"method/awmse/{kind}", "loss", _awmse_case(kind), kind in _QUICK_INPUTS))
-        cases.append(
-            Case(f"loss/soft_iou/{kind}", "loss", _soft_iou_case(kind), kind in _QUICK_INPUTS)
-        )
+        cases.append(Case(f"method/awmse/{kind}", "loss", _awmse_case(kind), True))
+        cases.append(Case(f"loss/soft_iou/{kind}", "loss", _soft_iou_case(kind), True))
     for train in (True, False):
         cases.append(
             Case(
@@ -524,13 +524,12 @@ def loss_cases() -> list[Case]:
     cases.append(Case("method/ema/update", "ema", _ema_case, True))
     for method in LOSS_METHODS:
         for kind in INPUTS:
-            quick = kind in _QUICK_INPUTS
             cases.append(
                 Case(
                     f"loss/{method}/{kind}",
                     "loss",
                     _stage_loss_case(method, kind, "pynative"),
-                    quick,
+                    True,
                 )
             )
         for kind in _GRAPH_INPUTS:
@@ -553,7 +552,7 @@ def loss_cases() -> list[Case]:
                     f"loss/msa_awmse/{kind}/{variant['tag']}",
                     "loss",
                     _stage_loss_case("msa_awmse", kind, "pynative", variant),
-                    kind in _QUICK_INPUTS,
+                    True,
                 )
             )
         for kind in _GRAPH_INPUTS:

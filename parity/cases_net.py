@@ -1,5 +1,9 @@
 """Parity cases of the networks: eval forward, train-mode BatchNorm, parameter gradients.
 
+Why this module is long: its three kinds of case (eval, train-mode BatchNorm, gradients)
+share the loading of both twins from one neutral file, the MindSpore mode handling and the
+compiled-object keep-alive workaround described below.
+
 For every registered network (:data:`irkd.zoo.MODELS`), or only the networks of a
 ``weights`` map (network name -> neutral ``.safetensors`` file, e.g. a run's
 ``best.safetensors``), both twins are loaded **strictly from one neutral file**

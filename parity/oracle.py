@@ -1,5 +1,10 @@
 """The numpy oracle: a float64 reference of the method's and the baselines' math.
 
+Why this module is long: it is the one float64 reference of every loss the parity suite
+checks (the method's pieces, the connector, the weight average, the task loss and the seven
+baselines); each function is short and stands alone, and one module keeps the conventions
+below in one place.
+
 Written from the definitions (DESIGN.md sections 2 and 3, the formulas in the docstrings of
 ``torch_ref.distill.method``, ``torch_ref.distill.baselines`` and ``torch_ref.losses``), not
 from either framework's code, so that it can arbitrate between the two twins. It imports numpy

@@ -33,18 +33,32 @@ def build_optimizer(params: Iterable[nn.Parameter], optim_cfg: Any) -> torch.opt
     params = list(params)
     if not params:
         raise ValueError("build_optimizer: no trainable parameters")
-    o = optim_cfg
-    if o.name == "adamw":
+    if optim_cfg.name == "adamw":
         return torch.optim.AdamW(
-            params, lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay
+            params,
+            lr=optim_cfg.lr,
+            betas=tuple(optim_cfg.betas),
+            eps=optim_cfg.eps,
+            weight_decay=optim_cfg.weight_decay,
         )
-    if o.name == "adam":
+    if optim_cfg.name == "adam":
         return torch.optim.Adam(
-            params, lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay
+            params,
+            lr=optim_cfg.lr,
+            betas=tuple(optim_cfg.betas),
+            eps=optim_cfg.eps,
+            weight_decay=optim_cfg.weight_decay,
         )
-    if o.name == "sgd":
-        return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
-    raise ValueError(f"optim.name: unknown optimizer {o.name!r}; valid: {', '.join(OPTIMIZERS)}")
+    if optim_cfg.name == "sgd":
+        return torch.optim.SGD(
+            params,
+            lr=optim_cfg.lr,
+            momentum=optim_cfg.momentum,
+            weight_decay=optim_cfg.weight_decay,
+        )
+    raise ValueError(
+        f"optim.name: unknown optimizer {optim_cfg.name!r}; valid: {', '.join(OPTIMIZERS)}"
+    )
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:

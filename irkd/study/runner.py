@@ -1,5 +1,8 @@
 """Run a study: schedule its runs as subprocesses, resume what was interrupted, report.
 
+Why this module is long: ``StudyRunner`` is one scheduler whose methods share its state (the
+running children, the signals, what is done and what resumes).
+
 Each run is ``python -m irkd.cli train|distill <run>/study-config.yaml --out <run>
 [--resume]`` in its own process (``IRKD_TORCH_THREADS``, ``OMP_NUM_THREADS`` = the study's
 threads, ``OMP_WAIT_POLICY=PASSIVE``; ``ONEDNN_MAX_CPU_ISA=AVX2`` for MindSpore), with its
