@@ -31,6 +31,7 @@ from deploy_ascend.mindir_export import (
     mindir_info,
     roundtrip_check,
 )
+from irkd.bench import latency_summary
 from ms_impl.models import create_model
 
 SHAPE = (1, 1, 256, 256)
@@ -68,21 +69,29 @@ class Tiny(nn.Cell):
         return self.c2(self.relu(self.c1(x)))
 
 
+class _Exports(dict[str, tuple[nn.Cell, Path]]):
+    """Networks with seeded random weights, each exported on first use (static 1x1x256x256)."""
+
+    def __init__(self, folder: Path) -> None:
+        super().__init__()
+        self.folder = folder
+
+    def __missing__(self, name: str) -> tuple[nn.Cell, Path]:
+        net = _net(name)
+        self[name] = (net, export_mindir(net, self.folder / name))
+        return self[name]
+
+
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[nn.Cell, Path]]:
-    """Teacher and student with seeded random weights, exported once (static 1x1x256x256)."""
-    folder = tmp_path_factory.mktemp("mindir")
-    out = {}
-    for name in ("dnanet", "dnanet_xs"):
-        net = _net(name)
-        out[name] = (net, export_mindir(net, folder / name))
-    return out
+    """Teacher (``dnanet``, slow tests only) and student (``dnanet_xs``), exported once."""
+    return _Exports(tmp_path_factory.mktemp("mindir"))
 
 
 # --------------------------------------------------------------------------- MindIR
 
 
-@pytest.mark.parametrize("name", ["dnanet", "dnanet_xs"])
+@pytest.mark.parametrize("name", [pytest.param("dnanet", marks=pytest.mark.slow), "dnanet_xs"])
 def test_static_export_roundtrips(exported: dict[str, tuple[nn.Cell, Path]], name: str) -> None:
     net, path = exported[name]
     assert path.name == f"{name}.mindir" and path.is_file()
@@ -92,7 +101,7 @@ def test_static_export_roundtrips(exported: dict[str, tuple[nn.Cell, Path]], nam
 
 
 def test_mindir_info_reads_the_io_spec(exported: dict[str, tuple[nn.Cell, Path]]) -> None:
-    info = mindir_info(exported["dnanet"][1])
+    info = mindir_info(exported["dnanet_xs"][1])
     assert [i["shape"] for i in info["inputs"]] == [list(SHAPE)]
     assert [o["shape"] for o in info["outputs"]] == [list(SHAPE)]
     assert info["inputs"][0]["short_name"] == "x"
@@ -141,7 +150,9 @@ def test_dynamic_export_works_where_the_network_allows_it(tmp_path: Path) -> Non
     assert diff <= TOL
 
 
-@pytest.mark.parametrize("name", ["dnanet_xs", "unet_s"])
+@pytest.mark.parametrize(
+    "name", [pytest.param(n, marks=pytest.mark.slow) for n in ("dnanet_xs", "unet_s")]
+)
 def test_dynamic_export_of_registered_networks(tmp_path: Path, name: str) -> None:
     net = _net(name)
     path = export_mindir(net, tmp_path / name, dynamic=True)
@@ -198,6 +209,7 @@ def test_dynamic_export_that_cannot_work_raises_clearly(tmp_path: Path) -> None:
     assert _leftovers(tmp_path) == []
 
 
+@pytest.mark.slow  # times a MindIR and an eager network in both modes
 def test_latency_runners(exported: dict[str, tuple[nn.Cell, Path]]) -> None:
     res = latency.mindir_latency(exported["dnanet_xs"][1], SHAPE, warmup=1, runs=3)
     assert res["runs"] == 3 and res["shape"] == list(SHAPE)
@@ -210,7 +222,7 @@ def test_latency_runners(exported: dict[str, tuple[nn.Cell, Path]]) -> None:
     assert ms.get_context("mode") == mode
     with pytest.raises(ValueError):
         latency.eager_latency(net, (1, 1, 32, 32), mode="fast")  # type: ignore[arg-type]
-    assert latency.summarize([1.0, 2.0, 3.0, 4.0])["median_ms"] == 2.5
+    assert latency_summary([1.0, 2.0, 3.0, 4.0])["median_ms"] == 2.5
 
 
 # --------------------------------------------------------------------------- converter

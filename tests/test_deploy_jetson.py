@@ -20,7 +20,7 @@ from onnx import TensorProto, helper
 from torch import nn
 
 from deploy_jetson import tensorrt_build as tb
-from deploy_jetson.latency import ort_latency, summarize_ms, torch_latency
+from deploy_jetson.latency import ort_latency, torch_latency
 from deploy_jetson.onnx_export import (
     DEFAULT_OPSET,
     check_onnx,
@@ -46,6 +46,7 @@ from deploy_jetson.trt_ops import (
     check_trt_ops,
     unsupported_ops,
 )
+from irkd.bench import latency_summary
 from irkd.zoo import MODELS
 from torch_ref.models import create_model
 
@@ -91,25 +92,36 @@ def seeded_network(name: str, seed: int = 0) -> nn.Module:
     return net
 
 
+class _Exports(dict):
+    """(network, dynamic) -> (seeded network, ONNX file), each exported on first use."""
+
+    def __init__(self, root):
+        super().__init__()
+        self.root = root
+        self.nets = {}
+
+    def __missing__(self, key):
+        name, dynamic = key
+        if name not in self.nets:
+            self.nets[name] = seeded_network(name)
+        net = self.nets[name]
+        path = export_onnx(
+            net, self.root / f"{name}_{'dyn' if dynamic else 'static'}.onnx", dynamic=dynamic
+        )
+        self[key] = (net, path)
+        return self[key]
+
+
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    """Teacher and student, each exported static (1x1x256x256) and dynamic."""
-    root = tmp_path_factory.mktemp("onnx")
-    out = {}
-    for name in ("dnanet", "dnanet_xs"):
-        net = seeded_network(name)
-        for dynamic in (False, True):
-            path = export_onnx(
-                net, root / f"{name}_{'dyn' if dynamic else 'static'}.onnx", dynamic=dynamic
-            )
-            out[name, dynamic] = (net, path)
-    return out
+    """Teacher (slow tests only) and student, each exported static (1x1x256x256) and dynamic."""
+    return _Exports(tmp_path_factory.mktemp("onnx"))
 
 
 # --------------------------------------------------------------------------- ONNX export
 
 
-@pytest.mark.parametrize("name", ["dnanet", "dnanet_xs"])
+@pytest.mark.parametrize("name", [pytest.param("dnanet", marks=pytest.mark.slow), "dnanet_xs"])
 def test_static_export_round_trips(exported, name):
     net, path = exported[name, False]
     info = check_onnx(path)
@@ -131,7 +143,7 @@ def test_static_export_round_trips(exported, name):
         sess.run(None, {"image": np.zeros((1, 1, 128, 160), np.float32)})
 
 
-@pytest.mark.parametrize("name", ["dnanet", "dnanet_xs"])
+@pytest.mark.parametrize("name", [pytest.param("dnanet", marks=pytest.mark.slow), "dnanet_xs"])
 def test_dynamic_export_round_trips_at_two_shapes(exported, name):
     net, path = exported[name, True]
     info = check_onnx(path)
@@ -212,7 +224,13 @@ def test_check_onnx_rejects_invalid_and_external_data(tmp_path):
 
 
 @pytest.mark.parametrize("dynamic", [False, True], ids=["static", "dynamic"])
-@pytest.mark.parametrize("name", sorted(MODELS))
+@pytest.mark.parametrize(
+    "name",
+    [  # the larger DNANets export the same operators as dnanet_xxs: slow
+        pytest.param(n, marks=pytest.mark.slow) if n in ("dnanet", "dnanet_s", "dnanet_xs") else n
+        for n in sorted(MODELS)
+    ],
+)
 def test_every_network_passes_the_trt_op_check(tmp_path, name, dynamic):
     path = export_onnx(
         create_model(name), tmp_path / f"{name}.onnx", height=64, width=64, dynamic=dynamic
@@ -713,4 +731,4 @@ def test_latency_helpers(small_onnx):
         torch_latency(net, (1, 1, 64, 64), runs=0)
     with pytest.raises(ValueError, match="N, 1, H, W"):
         ort_latency(small_onnx["static"], (64, 64))
-    assert summarize_ms([1.0, 2.0, 3.0])["median_ms"] == 2.0
+    assert latency_summary([1.0, 2.0, 3.0])["median_ms"] == 2.0
