@@ -52,6 +52,7 @@ def test_bench_steps_reports_first_step_apart(tmp_path):
         bench_steps({"fake": timer}, {"fake": writer}, steps=1)
 
 
+@pytest.mark.slow  # three training processes
 def test_cli_bench_steps_pytorch_tiny(tmp_path, capsys):
     out = tmp_path / "steps.json"
     rc = main(
@@ -85,6 +86,7 @@ def test_bench_latency_orchestration(tmp_path):
     assert "5.00x" in text and "teacher" in text
 
 
+@pytest.mark.slow  # exports and times two networks on four runtimes
 def test_cli_bench_latency_real_runtimes_tiny(tmp_path, capsys):
     out = tmp_path / "lat.json"
     rc = main(

@@ -1,6 +1,8 @@
 import subprocess
 import sys
 
+import pytest
+
 from irkd.cli import build_parser, main
 
 
@@ -38,6 +40,7 @@ def test_synth_then_check_via_cli(tmp_path, capsys):
     assert "--overwrite" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # both real datasets once more (tests/test_data_check.py: fast)
 def test_check_real_datasets_via_cli(nudt_root, nuaa_root, capsys):
     assert main(["data", "check", str(nudt_root)]) == 0
     out = capsys.readouterr().out
@@ -49,7 +52,6 @@ def test_check_real_datasets_via_cli(nudt_root, nuaa_root, capsys):
 
 
 def test_train_and_distill_help_name_the_choices(capsys):
-    import pytest
 
     from irkd.cli import main as cli_main
     from irkd.methods import BASELINE_DEFAULTS

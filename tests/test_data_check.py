@@ -101,6 +101,7 @@ def test_nonbinary_mask_warning(synth_root: Path, copy_dataset) -> None:
     assert "1 mask with values other than 0 and 255" in r.warnings[0]
 
 
+@pytest.mark.slow  # the larger real dataset; test_real_nuaa_full stays fast
 def test_real_nudt_full(nudt_root: Path) -> None:
     t = time.perf_counter()
     r = check_dataset(nudt_root)

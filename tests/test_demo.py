@@ -70,6 +70,7 @@ def test_run_demo_refuses_a_run_that_stopped_early(tmp_path):
         run_demo(runner, tmp_path)
 
 
+@pytest.mark.slow  # three training runs
 def test_demo_end_to_end_tiny(tmp_path, capsys):
     """The real thing, shrunk: 24 synthetic images, 1 epoch, 32-pixel crops (PyTorch)."""
     rc = main(

@@ -270,6 +270,7 @@ def test_data_parallel_cli_needs_out(root, tmp_path, monkeypatch, capsys):
 # ----------------------------------------------------------------------------- PyTorch
 
 
+@pytest.mark.slow  # test_torchrun_rank_1_failing_mid_run_stops_rank_0 keeps torchrun fast
 @pytest.mark.parametrize("mode", ["train", "distill"])
 def test_torchrun_two_processes_equal_one(root, teacher_ckpt, tmp_path, mode):
     """2 processes x batch 2 = 1 process x batch 4 (BatchNorm frozen: exact up to order)."""
@@ -290,6 +291,7 @@ def test_torchrun_two_processes_equal_one(root, teacher_ckpt, tmp_path, mode):
     assert (two / "metrics.json").is_file() and (two / "best.safetensors").is_file()
 
 
+@pytest.mark.slow
 def test_torchrun_per_rank_batchnorm_is_the_sharded_step(root, tmp_path):
     """Without train.freeze_bn each rank normalises with its own 2 images' statistics: the
     2-process run equals one process that runs the two halves of each batch separately
@@ -344,6 +346,7 @@ def test_torchrun_per_rank_batchnorm_is_the_sharded_step(root, tmp_path):
     assert d1 > 100 * WEIGHT_ATOL  # the statistics of 2 images are not those of 4
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes_resume_exactly(root, tmp_path):
     over = {"schedule": {"epochs": 2, "steps_per_epoch": 2, "scheduler": "constant"}}
     cfg = _config(tmp_path, root, "pytorch", train={"log_every": 1, "freeze_bn": False}, **over)
@@ -360,6 +363,7 @@ def test_torchrun_two_processes_resume_exactly(root, tmp_path):
     assert json.loads((cut / "metrics.json").read_text())["last_epoch"] == 2
 
 
+@pytest.mark.slow  # test_torchrun_rank_1_failing_mid_run_stops_rank_0 stays fast
 def test_torchrun_failing_rank_stops_the_job(root, tmp_path):
     """Rank 0 refuses the run folder; rank 1, waiting for it, does not hang."""
     cfg = _config(tmp_path, root, "pytorch")
@@ -424,6 +428,7 @@ def test_torchrun_rank_1_failing_mid_run_stops_rank_0(root, tmp_path):
     assert state["epoch"] == 1 and not (run / "metrics.json").exists()
 
 
+@pytest.mark.slow
 def test_study_runs_each_run_on_two_processes(tmp_path):
     """irkd study --nproc-per-run 2: each run is started by torchrun, rank 0 writes it."""
     import yaml
@@ -471,6 +476,7 @@ def test_study_runs_each_run_on_two_processes(tmp_path):
 # ----------------------------------------------------------------------------- MindSpore
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(1500)  # 3 MindSpore compilations on a shared 2-core machine
 @pytest.mark.parametrize("mode", ["train", "distill"])
 def test_msrun_two_processes_equal_one(root, teacher_ckpt, tmp_path, mode):

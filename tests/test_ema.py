@@ -173,6 +173,7 @@ def test_one_update_matches_numpy_on_both_backends():
     _same_arrays(net_to_neutral(ms_net), w)
 
 
+@pytest.mark.slow  # a compile; tests/test_train_ms.py checks the compiled eval sees updates
 def test_compiled_eval_sees_each_update():
     """GRAPH_MODE: the eval graph compiled on the first validation reads later averages."""
     tr = MSTrainer(make_cfg(0.9), graph=True)
@@ -272,6 +273,7 @@ def test_resume_refuses_a_checkpoint_without_the_average(cache, tmp_path):
 # ----------------------------------------------------------------------------- MindSpore run
 
 
+@pytest.mark.slow  # a compiled MindSpore run; the fast set keeps the compiled-eval check
 def test_mindspore_run_with_the_average(cache, tmp_path):
     # U-Net: its train step compiles in seconds (DNANet's in tens of seconds here); the
     # compiled eval of dnanet_xxs is covered by test_compiled_eval_sees_each_update.

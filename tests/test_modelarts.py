@@ -106,6 +106,7 @@ def _boot(args, obs, tmp, fake=True, **env_extra):
     return proc.returncode, proc.stdout + proc.stderr
 
 
+@pytest.mark.slow  # a training job in a subprocess
 def test_boot_file_trains_from_obs_and_writes_to_obs(obs, tmp_path):
     cfg = _cfg(tmp_path)
     args = ["--data_url=obs://bkt/data", "--train_url=obs://bkt/out/", f"--config={cfg}"]
@@ -124,6 +125,7 @@ def test_boot_file_trains_from_obs_and_writes_to_obs(obs, tmp_path):
     assert f"{tmp_path / 'cache' / 'output' / 'ma-job'} obs://bkt/out/ma-job" in log
 
 
+@pytest.mark.slow  # a two-process distillation job in a subprocess
 def test_boot_file_distills_on_two_processes_into_a_local_folder(obs, teacher_on_obs, tmp_path):
     cfg = _cfg(
         tmp_path,

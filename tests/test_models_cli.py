@@ -23,6 +23,10 @@ DNANET_MACS = 13_905_986_944
 DNANET_PARAMS = 4_696_517
 
 
+#: The tests of a whole ``irkd models`` run (every network built in both frameworks) are slow.
+SLOW_RUN = pytest.mark.slow
+
+
 @pytest.fixture(scope="module")
 def models_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("models") / "models.json"
@@ -35,6 +39,7 @@ def models_run(tmp_path_factory):
     return rc, buf.getvalue(), json.loads(out.read_text())
 
 
+@SLOW_RUN
 def test_models_lists_every_registered_network(models_run):
     rc, text, report = models_run
     assert rc == 0, text
@@ -50,6 +55,7 @@ def test_models_lists_every_registered_network(models_run):
         assert m["macs"] > 0
 
 
+@SLOW_RUN
 def test_dnanet_row(models_run):
     _, text, report = models_run
     row = next(line for line in text.splitlines() if line.startswith("dnanet "))
@@ -61,6 +67,7 @@ def test_dnanet_row(models_run):
     assert dn["macs"] == DNANET_MACS
 
 
+@SLOW_RUN
 def test_students_are_cheaper_than_their_teacher(models_run):
     _, _, report = models_run
     by_name = {m["name"]: m for m in report["models"]}
@@ -126,19 +133,24 @@ def test_count_macs_scales_with_pixels_and_batch():
     assert (sum(by_layer.values()) - pooled) * 8 == sum(full.values()) - pooled // 2
 
 
-def test_shape_option_and_errors(capsys, tmp_path):
+@pytest.mark.slow  # every network built in both frameworks once more
+def test_shape_option(capsys, tmp_path):
     out = tmp_path / "m.json"
     assert main(["models", "--shape", "2,1,64,96", "--json", str(out)]) == 0
     report = json.loads(out.read_text())
     unet = next(m for m in report["models"] if m["name"] == "unet")
     assert unet["macs"] * 256 * 256 == count_macs(tmodels.create_model("unet")) * 2 * 64 * 96
     assert "input 2x1x64x96" in capsys.readouterr().out
+
+
+def test_shape_errors(capsys):
     assert main(["models", "--shape", "1,1,100,100"]) == 1
     assert "multiples of 16" in capsys.readouterr().err
     assert main(["models", "--shape", "1,1,256"]) == 1
     assert "B,C,H,W" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # every network built in both frameworks once more
 def test_parameter_mismatch_prints_a_warning_row(monkeypatch, capsys):
     import ms_impl.profile
 

@@ -21,6 +21,12 @@ from torch_ref.models import create_model as torch_create
 from torch_ref.models import dnanet as torch_dnanet
 
 VARIANTS = sorted(n for n, s in MODELS.items() if s.family == "dnanet")
+#: The fast test set runs the forward and gradient checks on the smallest variant; the
+#: others (the same code at other widths and depths) run with ``-m slow``.
+FAST_VARIANT = "dnanet_xxs"
+SLOW = pytest.mark.slow
+
+
 AUX = ("aux1", "aux2", "aux3")
 STRIDES = {**{f"enc{i}": 2**i for i in range(5)}, **{f"dec{i}": 2**i for i in range(4)}}
 BN_RENAME = {
@@ -31,6 +37,11 @@ BN_RENAME = {
 }
 TOL = 1e-4  # eval / train-mode forward agreement (abs)
 LIVE = 1e-5  # a "non-zero" gradient: above this fraction of the largest one
+
+
+def _variants() -> list:
+    """VARIANTS as parameters, all but :data:`FAST_VARIANT` marked slow."""
+    return [n if n == FAST_VARIANT else pytest.param(n, marks=SLOW) for n in VARIANTS]
 
 
 @pytest.fixture(autouse=True)
@@ -227,8 +238,16 @@ def test_input_size_must_be_multiple_of_16():
 # ---------------------------------------------------------------- names and counts
 
 
-@pytest.mark.parametrize("ds", [False, True], ids=["plain", "ds"])
-@pytest.mark.parametrize("name", VARIANTS)
+@pytest.mark.parametrize(
+    ("name", "ds"),
+    [
+        # fast: the smallest variant, and the teacher with deep supervision (its count is known)
+        pytest.param(n, ds, id=f"{n}-{'ds' if ds else 'plain'}", marks=() if fast else SLOW)
+        for n in VARIANTS
+        for ds in (False, True)
+        for fast in [n == FAST_VARIANT or (n == "dnanet" and ds)]
+    ],
+)
 def test_parameter_names_and_counts_match(name, ds):
     tnet = torch_create(name, deep_supervision=ds)
     mnet = ms_create(name, deep_supervision=ds)
@@ -250,8 +269,12 @@ def test_parameter_names_and_counts_match(name, ds):
 # ---------------------------------------------------------------- forward
 
 
-@pytest.mark.parametrize("shape", [(1, 1, 256, 256), (1, 1, 96, 160)], ids=["256", "96x160"])
-@pytest.mark.parametrize("name", VARIANTS)
+@pytest.mark.parametrize(
+    "shape",
+    [pytest.param((1, 1, 256, 256), marks=SLOW), (1, 1, 96, 160)],
+    ids=["256", "96x160"],
+)
+@pytest.mark.parametrize("name", _variants())
 def test_forward_shapes_both_frameworks(name, shape):
     x = _input(shape)
     for ds in (False, True):
@@ -322,8 +345,8 @@ def _gradients(tnet, mnet, train: bool, ds: bool):
     return float(loss.detach()), float(m_loss), t_grads, m_grads
 
 
-@pytest.mark.parametrize("ds", [False, True], ids=["plain", "ds"])
-@pytest.mark.parametrize("name", VARIANTS)
+@pytest.mark.parametrize("ds", [pytest.param(False, marks=SLOW), True], ids=["plain", "ds"])
+@pytest.mark.parametrize("name", _variants())
 def test_every_parameter_gets_a_gradient_and_they_agree(name, ds):
     """Every parameter gets a gradient; torch and MindSpore agree, in eval and train mode.
 
@@ -360,7 +383,7 @@ def test_every_parameter_gets_a_gradient_and_they_agree(name, ds):
 # ---------------------------------------------------------------- parity
 
 
-@pytest.mark.parametrize("name", VARIANTS)
+@pytest.mark.parametrize("name", _variants())
 def test_eval_parity_256(name):
     """Eval mode, 1x1x256x256: logits within TOL (abs), features within TOL x max(1, |ref|).
 
@@ -388,7 +411,7 @@ def test_eval_parity_256(name):
     assert not bad, bad
 
 
-@pytest.mark.parametrize("name", VARIANTS)
+@pytest.mark.parametrize("name", _variants())
 def test_train_mode_parity_and_running_stats(name):
     """Batch statistics: same logits, and the same running statistics after one forward."""
     tnet, mnet = _pair(name, deep_supervision=True)
@@ -421,6 +444,7 @@ def test_train_mode_parity_and_running_stats(name):
 # ---------------------------------------------------------------- graph mode
 
 
+@pytest.mark.slow  # four graph compiles; the fast set compiles DNANet in tests/test_parity_net.py
 def test_graph_mode_features():
     """GRAPH_MODE: dict output in eval; tuple output and an in-graph dict loss in train."""
     name = "dnanet_xxs"

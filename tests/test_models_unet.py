@@ -149,7 +149,9 @@ def test_ms_forward_shapes_and_features_pynative(name):
             assert tuple(f.shape) == (1, chans[k], shape[2] // stride, shape[3] // stride), k
 
 
-@pytest.mark.parametrize("name", UNETS)
+@pytest.mark.parametrize(
+    "name", [pytest.param(n, marks=pytest.mark.slow) if n == "unet" else n for n in UNETS]
+)  # the full-width U-Net compiles the same graph as unet_s: slow
 def test_ms_forward_graph_mode(name, graph_mode):
     net = mmodels.create_model(name)
     net.set_train(False)
@@ -181,7 +183,12 @@ class _LossGrad(ms.nn.Cell):
 
 
 @pytest.mark.parametrize(
-    ("name", "mode"), [("unet", "pynative"), ("unet_s", "pynative"), ("unet_s", "graph")]
+    ("name", "mode"),
+    [
+        pytest.param("unet", "pynative", marks=pytest.mark.slow),
+        ("unet_s", "pynative"),
+        pytest.param("unet_s", "graph", marks=pytest.mark.slow),  # net/unet_s/grad: fast
+    ],
 )
 def test_ms_every_parameter_gets_a_gradient(name, mode):
     net = mmodels.create_model(name)
@@ -235,7 +242,9 @@ def test_param_counts_are_exact():
     assert torch_count(tmodels.create_model("unet")) == 1_963_809
 
 
-@pytest.mark.parametrize("mode", ["pynative", "graph"])
+@pytest.mark.parametrize(
+    "mode", ["pynative", pytest.param("graph", marks=pytest.mark.slow)]
+)  # graph: tests/test_parity_net.py compares unet_s in GRAPH_MODE in the fast set
 def test_cross_framework_eval_outputs_match(mode):
     torch.manual_seed(0)
     tnet = tmodels.create_model("unet")

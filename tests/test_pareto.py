@@ -148,6 +148,7 @@ def test_torch_fold_batchnorm_keeps_outputs(network):
     assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())  # untouched
 
 
+@pytest.mark.slow  # INT8 calibration and quantization of a network
 def test_int8_qdq_quantizes_convs(tmp_path):
     pytest.importorskip("onnxruntime")
     torch = pytest.importorskip("torch")
@@ -170,7 +171,7 @@ def test_int8_qdq_quantizes_convs(tmp_path):
         ort_opt_session(src, level="max")
 
 
-@pytest.mark.parametrize("network", ["dnanet_xxs", "unet_s"])
+@pytest.mark.parametrize("network", [pytest.param("dnanet_xxs", marks=pytest.mark.slow), "unet_s"])
 def test_mindspore_fold_batchnorm_keeps_outputs(network):
     ms = pytest.importorskip("mindspore")
     from mindspore import nn

@@ -58,6 +58,7 @@ def test_release_refuses_without_a_parity_report(release_inputs, capsys):
     assert "parity report" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # exports, converts and times teacher and student on both backends
 def test_release_builds_both_backends_and_a_true_manifest(release_inputs, capsys):
     tmp, t, s = release_inputs
     report = _passing_report(tmp, [t, s])
@@ -134,6 +135,7 @@ def test_export_is_gated_and_writes_one_model(release_inputs, capsys):
         assert sha256_file(out / f["path"]) == f["sha256"]
 
 
+@pytest.mark.slow  # a release build up to a failing export (tests/test_safety_faults.py: fast)
 def test_a_failing_export_leaves_no_release(release_inputs, monkeypatch, capsys):
     tmp, t, s = release_inputs
     from deploy_jetson import release as jet

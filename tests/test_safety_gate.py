@@ -264,6 +264,7 @@ def _run_adamw(monkeypatch=None, perturb=False):
     return checks
 
 
+@pytest.mark.slow  # the train/adamw/pynative case once more (the fast set runs it once)
 def test_adamw_weights_apart_within_their_bound_pass_on_conditioned_checks(monkeypatch):
     checks = _run_adamw(monkeypatch, perturb=True)
     bad_gating = [c for c in checks if c.gating and not c.passed]
@@ -279,6 +280,7 @@ def test_adamw_weights_apart_within_their_bound_pass_on_conditioned_checks(monke
     assert all(c.gating and c.ratio < 0.1 for c in conditioned)
 
 
+@pytest.mark.slow  # the train/adamw/pynative case once more, with a broken BatchNorm
 def test_a_broken_batchnorm_still_fails_the_adamw_case(monkeypatch):
     from mindspore import nn
 
@@ -314,7 +316,7 @@ for i in range(4):
 """
 
 
-@pytest.mark.parametrize("side", ["torch", "mindspore"])
+@pytest.mark.parametrize("side", ["torch", pytest.param("mindspore", marks=pytest.mark.slow)])
 def test_saving_the_same_weights_twice_gives_the_same_bytes(tmp_path, side):
     for run in ("a", "b"):  # two processes: the hash seed of each differs
         subprocess.run(

@@ -370,6 +370,7 @@ def test_report_numbers_from_per_run_files(tmp_path):
 # ----------------------------------------------------------------------------- failures
 
 
+@pytest.mark.slow  # a study of two real runs in subprocesses
 def test_a_failed_run_is_reported_and_the_others_continue(tmp_path):
     student = {**STUDENT, "data": {**STUDENT["data"], "root": str(tmp_path / "no-such-data")}}
     spec = {**STUDY, "seeds": [0], "methods": {"student": {"overrides": ["method.name=none"]}}}

@@ -455,7 +455,14 @@ def randomize_torch_bn(model: tnn.Module, seed: int = 0) -> tnn.Module:
     return model
 
 
-@pytest.mark.parametrize("name", sorted(zoo.MODELS))
+@pytest.mark.parametrize(
+    "name",
+    [
+        # the larger DNANets (the same code as dnanet_xxs at other widths) are slow
+        pytest.param(n, marks=pytest.mark.slow) if n in ("dnanet", "dnanet_s", "dnanet_xs") else n
+        for n in sorted(zoo.MODELS)
+    ],
+)
 def test_registered_network_round_trip_and_logits(tmp_path, name):
     from ms_impl.models import create_model as create_ms
     from torch_ref.models import create_model as create_torch
