@@ -2,7 +2,8 @@
 
 The quick cases of :mod:`parity.cases_net` (``dnanet_xxs`` and ``unet_s`` at 2x1x32x32:
 eval in both MindSpore modes, train-mode BatchNorm, parameter gradients) and of
-:mod:`parity.cases_train` (3 distillation steps with SGD and AdamW, PyNative) must pass.
+:mod:`parity.cases_train` (3 distillation steps with SGD and AdamW, PyNative) must pass. Each
+case is a test of its own and runs once; the costliest (:data:`SLOW_CASES`) are marked slow.
 Then each deliberate bug, monkeypatched into one twin, must make the named case fail on its
 numbers (a failed check without an error message, not a crash):
 
@@ -53,10 +54,19 @@ def cache() -> dict[str, Any]:
     return ctx.cache
 
 
-@pytest.fixture(scope="module")
-def quick_run(cache: dict[str, Any]) -> tuple[list[Check], dict[str, float]]:
-    cases = select_cases(_all_cases(), quick=True)
-    return run_cases(cases, Context(quick=True, cache=cache))
+#: Quick cases left to ``-m slow``: the two training runs (the MindSpore trainer's step is in
+#: the fast set through tests/test_train_ms.py) and DNANet's gradients in both modes
+#: (PyNative: tests/test_models_dnanet.py's gradient check of ``dnanet_xxs``).
+SLOW_CASES = {"net/dnanet_xxs/grad", "train/sgd/pynative", "train/adamw/pynative"}
+
+#: The check families each kind of quick case must produce.
+FAMILIES = {
+    "eval": {"forward"},
+    "train-bn": {"forward", "stats"},
+    "grad": {"loss", "param_grad"},
+    "sgd": {"loss_trajectory", "train_sgd"},
+    "adamw": {"loss_trajectory", "train_adamw", "train_adamw_zero_grad"},
+}
 
 
 def test_case_table_names() -> None:
@@ -79,22 +89,25 @@ def test_case_table_names() -> None:
         network_cases({"resnet": "x.safetensors"})
 
 
-def test_quick_set_passes(quick_run: tuple[list[Check], dict[str, float]]) -> None:
-    checks, seconds = quick_run
-    assert {c.case for c in checks} == QUICK
+@pytest.mark.parametrize(
+    "name",
+    [pytest.param(n, marks=pytest.mark.slow) if n in SLOW_CASES else n for n in sorted(QUICK)],
+)
+def test_quick_case_passes(name: str, cache: dict[str, Any]) -> None:
+    (case,) = [c for c in _all_cases() if c.name == name]
+    assert case.quick
+    checks, _ = run_cases([case], Context(quick=True, cache=cache))
+    assert {c.case for c in checks} == {name}
     bad = failed_checks(checks)
     assert not bad, "\n".join(
         f"{c.case} [{c.what}]: {c.error or f'max abs {c.max_abs:.3g}, err/tol {c.ratio:.3g}'}"
         for c in bad
     )
-    families = {c.family for c in checks}
-    assert {"forward", "stats", "param_grad", "loss", "loss_trajectory"} <= families
-    assert {"train_sgd", "train_adamw", "train_adamw_zero_grad"} <= families
-    # every stage feature of both networks is compared, in both modes
-    for n in ("dnanet_xxs", "unet_s"):
-        for mode in ("graph", "pynative"):
-            whats = {c.what for c in checks if c.case == f"net/{n}/eval/{mode}"}
-            assert {f"{s} mindspore~pytorch" for s in ("logits", "enc0", "enc4", "dec0")} <= whats
+    kind = name.split("/")[2] if name.startswith("net/") else name.split("/")[1]
+    assert FAMILIES[kind] <= {c.family for c in checks}
+    if kind == "eval":  # every stage feature is compared
+        whats = {c.what for c in checks}
+        assert {f"{s} mindspore~pytorch" for s in ("logits", "enc0", "enc4", "dec0")} <= whats
 
 
 def _run_one(name: str, cache: dict[str, Any]) -> list[Check]:
