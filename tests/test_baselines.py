@@ -21,10 +21,12 @@ from mindspore import nn as msnn
 import ms_impl  # noqa: F401  (sets ONEDNN_MAX_CPU_ISA before MindSpore's first conv)
 from ms_impl.distill import baselines as mb
 from ms_impl.runtime import set_mode
+from parity.cases_loss import LOSS_METHODS
 from parity.oracle import ORACLE_LOSSES
 from torch_ref.distill import baselines as tb
 
-NAMES = ("fitnet", "at", "cwd", "pkd", "mgd", "fgd", "logit_kd")
+# The baselines of the parity case table (its loss rows), each checked here against the oracle.
+NAMES = tuple(m for m in LOSS_METHODS if m != "msa_awmse")
 CLASSES = {
     "fitnet": "FitNetLoss",
     "at": "ATLoss",
@@ -180,7 +182,8 @@ def _close_grad(a: np.ndarray, b: np.ndarray, what: str) -> float:
 
 def test_defaults_identical_and_complete():
     assert tb.BASELINE_DEFAULTS == mb.BASELINE_DEFAULTS
-    assert set(tb.BASELINE_DEFAULTS) == set(NAMES)
+    assert set(tb.BASELINE_DEFAULTS) == set(NAMES) == set(CLASSES)
+    assert set(ORACLE_LOSSES) == {"msa_awmse", *NAMES}  # every baseline has its oracle
     for name, params in tb.BASELINE_DEFAULTS.items():
         assert params, name
         assert all(isinstance(v, float) for v in params.values()), name
@@ -291,7 +294,15 @@ class _Holder(msnn.Cell):
         return self.loss(t, self.s, mask, noise)
 
 
-@pytest.mark.parametrize("name", NAMES)
+# Fast: FitNet (the plainest) and MGD (learnable weights, noise); the others are slow (each
+# PyNative step costs), their values and gradients on both sides being
+# test_parity_value_and_grad's.
+SGD_FAST = ("fitnet", "mgd")
+
+
+@pytest.mark.parametrize(
+    "name", [n if n in SGD_FAST else pytest.param(n, marks=pytest.mark.slow) for n in NAMES]
+)
 def test_sgd_on_student_lowers_loss(name):
     """Five SGD steps on s (a Parameter) toward a fixed t lower the loss on both sides, and
     both frameworks follow the same path."""
