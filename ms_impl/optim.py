@@ -23,7 +23,7 @@ around 1e-7 then move up to ``lr`` less per step than in PyTorch (figures in
 ``docs/mindspore-notes.md``). ``adam`` therefore runs :class:`AdamL2`: the
 experimental AdamW with no decoupled decay (its ``p *= 1 - lr * 0`` is exact) after adding
 ``wd * p`` to the gradient, which is PyTorch's Adam operation for operation.
-``tests/test_train_ms.py`` checks it (and prints the drift): three steps of a
+``tests/test_train.py`` checks it (and prints the drift): three steps of a
 ``dnanet_xxs`` alone from the same weights on the same batch give bit-identical losses with
 SGD, AdamW and Adam; SGD's parameters agree within float32 rounding; Adam(W)'s within a small
 fraction of ``lr``. Adam normalises each gradient element by its own size, so an element

@@ -46,7 +46,7 @@ The compiled step (findings, MindSpore 2.10 on CPU)
   the step as inputs, wrapped in ``ops.stop_gradient`` again by the distiller; and it is
   never made a child of a cell that gets ``set_train(True)`` (a parent's ``set_train``
   switches every descendant, which would put the teacher's BatchNorm in train mode and
-  update its statistics). ``tests/test_train_ms.py`` checks its parameters and statistics bit
+  update its statistics). ``tests/test_train.py`` checks its parameters and statistics bit
   for bit in both modes.
 - **Feature dicts.** DNANet's feature dict is consumed inside the step's graph (the student's,
   in ``forward``) and is never a graph output in train mode (that hangs MindSpore 2.10's graph
@@ -90,7 +90,7 @@ why), it is what validation, ``best.safetensors`` and ``last.safetensors`` (so t
 see; training keeps the raw student.
 
 Resume (``resume=True``) restarts at the epoch after the last checkpoint; on CPU it reproduces
-an uninterrupted run bit for bit (``tests/test_train_ms.py`` checks it: weights, optimizer
+an uninterrupted run bit for bit (``tests/test_train.py`` checks it: weights, optimizer
 state and losses identical; same machine and thread count).
 
 Data parallel (``msrun --worker_num=N --local_worker_num=N irkd train|distill ... --out RUN``,

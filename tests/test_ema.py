@@ -173,7 +173,7 @@ def test_one_update_matches_numpy_on_both_backends():
     _same_arrays(net_to_neutral(ms_net), w)
 
 
-@pytest.mark.slow  # a compile; tests/test_train_ms.py checks the compiled eval sees updates
+@pytest.mark.slow  # a compile; tests/test_train.py checks the compiled eval sees updates
 def test_compiled_eval_sees_each_update():
     """GRAPH_MODE: the eval graph compiled on the first validation reads later averages."""
     tr = MSTrainer(make_cfg(0.9), graph=True)
