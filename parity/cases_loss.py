@@ -522,46 +522,20 @@ def loss_cases() -> list[Case]:
             )
         )
     cases.append(Case("method/ema/update", "ema", _ema_case, True))
-    for method in LOSS_METHODS:
+    # Each stage loss with its defaults, and the method with each normalisation option (the
+    # L2-off ablation and the per-map L2): every input in PyNative, one in GRAPH_MODE.
+    rows = [(m, None) for m in LOSS_METHODS] + [
+        ("msa_awmse", {"normalize": "l2_map", "tag": "l2_map"}),
+        ("msa_awmse", {"normalize": "none", "tag": "l2-off"}),
+    ]
+    for method, variant in rows:
+        tag = f"/{variant['tag']}" if variant else ""
         for kind in INPUTS:
+            name = f"loss/{method}/{kind}{tag}"
             cases.append(
-                Case(
-                    f"loss/{method}/{kind}",
-                    "loss",
-                    _stage_loss_case(method, kind, "pynative"),
-                    True,
-                )
+                Case(name, "loss", _stage_loss_case(method, kind, "pynative", variant), True)
             )
         for kind in _GRAPH_INPUTS:
-            cases.append(
-                Case(
-                    f"loss/{method}/{kind}/graph",
-                    "loss",
-                    _stage_loss_case(method, kind, "graph"),
-                    True,
-                )
-            )
-    # The method's normalisation options (the L2-off ablation and the per-map L2).
-    for variant in (
-        {"normalize": "l2_map", "tag": "l2_map"},
-        {"normalize": "none", "tag": "l2-off"},
-    ):
-        for kind in INPUTS:
-            cases.append(
-                Case(
-                    f"loss/msa_awmse/{kind}/{variant['tag']}",
-                    "loss",
-                    _stage_loss_case("msa_awmse", kind, "pynative", variant),
-                    True,
-                )
-            )
-        for kind in _GRAPH_INPUTS:
-            cases.append(
-                Case(
-                    f"loss/msa_awmse/{kind}/{variant['tag']}/graph",
-                    "loss",
-                    _stage_loss_case("msa_awmse", kind, "graph", variant),
-                    True,
-                )
-            )
+            name = f"loss/{method}/{kind}{tag}/graph"
+            cases.append(Case(name, "loss", _stage_loss_case(method, kind, "graph", variant), True))
     return cases
