@@ -634,6 +634,21 @@ def test_distiller_errors(mod):
     assert mod.stage_stride("dec3") == 8 and mod.stage_stride("logits") == 1
 
 
+@pytest.mark.parametrize("backend", ["ms", "torch"])
+def test_logit_kd_without_logits_is_one_clear_error(backend):
+    tdist, mdist = _distiller_pair(MethodConfig(name="logit_kd"))
+    tf, sf, mask = _distiller_inputs(["enc0"])
+    logits = _rand((2, 1, 32, 32), seed=7)
+    run = _run_ms if backend == "ms" else _run_t
+    dist = mdist if backend == "ms" else tdist
+    total, _ = run(dist, tf, sf, mask, t_logits=logits, s_logits=logits * 0.5)
+    assert total > 0.0  # the logits path itself works
+    with pytest.raises(ValueError, match="distils the logits"):
+        run(dist, tf, sf, mask, t_logits=logits, s_logits=None)
+    with pytest.raises(ValueError, match="distils the logits"):
+        run(dist, tf, sf, mask)
+
+
 # Slow: lam (also in test_distiller_graph_mode_and_jit[weights_lam]) and the MSA and ablation
 # options (each checked on the stage loss, test_every_option_changes_the_loss, and mapped from
 # the config in test_params_follow_the_config).

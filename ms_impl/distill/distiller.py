@@ -196,6 +196,8 @@ class Distiller(nn.Cell):
         terms = []
         for i in range(len(self.stages)):
             if self.on_logits:
+                if t_logits is None or s_logits is None:
+                    raise ValueError("logit_kd distils the logits: pass t_logits and s_logits")
                 t = ops.stop_gradient(t_logits)
                 s = s_logits
             else:
