@@ -39,6 +39,7 @@ __all__ = [
     "TrainConfig",
     "ExperimentConfig",
     "load_config",
+    "out_weight_problem",
     "parse_overrides",
     "apply_overrides",
     "config_to_dict",
@@ -143,6 +144,14 @@ class MethodConfig:
         beta: Background weight of AWMSE.
         use_mask: Use the ground-truth mask as target region (else ``M > 1``).
         awmse_eps: Guard of the AWMSE region sums.
+        out_weight: ``msa_awmse`` only: weight of an extra AWMSE term on the output
+            probability maps, ``L = L_task + lam * (sum_s w_s L_s + out_weight * L_out)``.
+            ``L_out`` is the stage loss applied to ``sigmoid(teacher logits)`` (a constant)
+            and ``sigmoid(student logits)`` at input resolution, without normalisation or
+            connector, with the MSA map of the teacher's map (the ``msa`` options), the GT
+            mask as region and the same ``alpha``, ``beta``, ``awmse``. It transfers the
+            teacher's confidence, which the per-pixel L2 normalisation removes from the
+            stage features. ``0`` (default): no such term (logged as ``kd/out`` otherwise).
         params: Baseline-specific hyperparameters (see each baseline's defaults).
     """
 
@@ -158,6 +167,7 @@ class MethodConfig:
     beta: float = 0.5
     use_mask: bool = True
     awmse_eps: float = 1e-6
+    out_weight: float = 0.0
     params: dict[str, Any] = field(default_factory=dict)
 
 
@@ -256,6 +266,23 @@ class ExperimentConfig:
 
 
 # ----------------------------------------------------------------------------- validation
+
+
+def out_weight_problem(name: str, out_weight: float) -> str | None:
+    """What is wrong with ``method.out_weight`` for method ``name`` (``None``: nothing).
+
+    The output-map term is an option of ``msa_awmse`` only, and its weight is >= 0.
+    """
+    if isinstance(out_weight, bool) or not isinstance(out_weight, int | float):
+        return f"must be a number >= 0, got {out_weight!r}"
+    if not (math.isfinite(out_weight) and out_weight >= 0):
+        return f"must be a number >= 0, got {out_weight!r}"
+    if out_weight != 0 and name != "msa_awmse":
+        return (
+            f"the output-map term is an option of msa_awmse only; method {name!r} needs "
+            f"out_weight 0, got {out_weight!r}"
+        )
+    return None
 
 
 def _type_name(tp: Any) -> str:
@@ -362,6 +389,8 @@ def _check_values(obj: Any, prefix: str) -> None:
     elif isinstance(obj, MethodConfig):
         need(obj.lam >= 0, "lam", "must be >= 0")
         need(obj.alpha >= 0 and obj.beta >= 0, "alpha", "alpha and beta must be >= 0")
+        problem = out_weight_problem(obj.name, obj.out_weight)
+        need(problem is None, "out_weight", problem or "")
         if obj.stage_weights is not None:
             need(
                 len(obj.stage_weights) == len(obj.stages),

@@ -12,13 +12,15 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from irkd.config import MethodConfig
+from irkd.config import MethodConfig, out_weight_problem
 
 __all__ = [
     "BASELINE_DEFAULTS",
     "MSA_AWMSE_DEFAULTS",
     "check_msa_awmse_params",
     "msa_awmse_params",
+    "out_params",
+    "out_weight",
     "resolve_params",
     "stage_channel",
     "stage_params",
@@ -181,6 +183,28 @@ def check_msa_awmse_params(params: Mapping[str, Any] | None) -> dict[str, Any]:
             raise ValueError(f"MSAAWMSELoss: {key} must be >= 0, got {p[key]!r}")
     p["scales"] = scales
     return p
+
+
+def out_weight(method: MethodConfig) -> float:
+    """``method.out_weight``, the weight of the output-map term, checked.
+
+    Raises:
+        ValueError: A weight below 0 (or not finite), or one other than 0 for a method other
+            than ``msa_awmse`` (the same message as the config's validation).
+    """
+    problem = out_weight_problem(method.name, method.out_weight)
+    if problem is not None:
+        raise ValueError(f"method.out_weight: {problem}")
+    return float(method.out_weight)
+
+
+def out_params(params: Mapping[str, Any]) -> dict[str, Any]:
+    """The :class:`MSAAWMSELoss` parameters of the output-map term from the stages' ones.
+
+    The same options with ``normalize: none`` (a per-pixel L2 norm of a one-channel map is
+    its absolute value: the confidence the term exists to transfer would be lost).
+    """
+    return {**params, "normalize": "none"}
 
 
 _STAGE_RE = re.compile(r"^(enc|dec)(\d+)$")

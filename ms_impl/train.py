@@ -356,8 +356,9 @@ class MSTrainer:
     ) -> tuple[ms.Tensor, dict[str, ms.Tensor]]:
         """Forward pass of one batch, no update: ``(loss, terms)``.
 
-        ``terms`` has ``task``, ``kd`` and ``kd/<stage>``, as in the step's values. Runs
-        eagerly (PYNATIVE_MODE for the call, outside the compiled step).
+        ``terms`` has ``task``, ``kd`` and ``kd/<stage>`` (and ``kd/out`` with
+        ``method.out_weight``), as in the step's values. Runs eagerly (PYNATIVE_MODE for the
+        call, outside the compiled step).
         """
         with context_mode("pynative"):
             out = self._forward(*self.inputs(images, masks, step))
@@ -367,7 +368,7 @@ class MSTrainer:
         terms = {"task": out[1]}
         if self.distiller is not None:
             terms["kd"] = out[2]
-            for name, value in zip(self.distiller.stages, out[3], strict=True):
+            for name, value in zip(self.distiller.term_names, out[3], strict=True):
                 terms[f"kd/{name}"] = value
         return terms
 

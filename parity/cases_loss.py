@@ -17,11 +17,19 @@ Case names:
 - ``loss/soft_iou/<input>``: SoftIoU with deep supervision (``task_loss``);
 - ``loss/<method>/<input>[/graph]``: each distillation stage loss (``msa_awmse`` and the seven
   baselines) on the inputs below, in PyNative, and in GRAPH_MODE for a subset.
+- ``loss/msa_awmse_out/<input>[/<variant>][/graph]``: the output-map term of
+  ``method.out_weight`` (``OutputMapLoss``) on its own, from teacher and student logits
+  (``3 *`` the inputs' one-channel features), value and gradient of the student's logits;
+- ``method/distiller/<input>/out[/graph]``: the msa_awmse distiller with one stage and
+  ``out_weight`` :data:`OUT_WEIGHT` (``lam`` :data:`OUT_LAM`): the total and both terms
+  against the oracle (connector, stage loss, output-map term), the gradients of the student's
+  logits and of the connector's weights between the frameworks.
 
 Inputs (seeded numpy): ``random`` (Gaussian features, a few small targets), ``hot-pixel`` (one
 bright pixel in flat features, a one-pixel target), ``zeros`` (all-zero features: the eps
 paths), ``tiny`` (features of norm ~3e-7, below the L2 eps, so the guard sets the value;
-FGD's input gradient is not compared there, see ``_ILL_CONDITIONED_GRADS``), ``nomask`` (no
+FGD's input gradient is not compared there, see ``_ILL_CONDITIONED_GRADS``; the output-map
+term skips it, see ``_OUT_INPUTS``), ``nomask`` (no
 target in any image; for ``msa_awmse`` the region from ``M > 1``), ``odd`` (7 x 9 spatial
 size). Learnable loss weights (MGD's generation block, FGD's context
 blocks) and the connector's weights come from one neutral safetensors file per module,
@@ -49,6 +57,8 @@ __all__ = [
     "EMA_STEPS",
     "INPUTS",
     "LOSS_METHODS",
+    "OUT_LAM",
+    "OUT_WEIGHT",
     "loss_cases",
     "make_inputs",
 ]
@@ -62,6 +72,20 @@ EMA_NETWORK = "dnanet_xxs"
 #: Decay of ``method/ema/update``, and its steps: two of the warm-up, then one at the cap.
 EMA_DECAY = 0.99
 EMA_STEPS: tuple[int, ...] = (1, 2, 1000)
+#: ``method.out_weight`` and ``method.lam`` of the ``method/distiller/*/out`` cases.
+OUT_WEIGHT = 0.5
+OUT_LAM = 0.7
+# The output-map term's inputs: not "tiny", whose logits (~3e-7) make sigmoid maps flat at
+# 0.5 to within float32 rounding, so that their MSA contrast (and M) is rounding noise.
+_OUT_INPUTS = tuple(k for k in INPUTS if k != "tiny")
+# The distiller's: not "zeros" either, where the connector's output is its BatchNorm shift,
+# whose gradient through the L2 normalisation is 0 in exact arithmetic (rounding noise here).
+_OUT_DISTILLER_INPUTS = tuple(k for k in _OUT_INPUTS if k != "zeros")
+_OUT_VARIANTS: tuple[dict[str, Any], ...] = (
+    {"on_student": True, "tag": "on-student"},
+    {"msa": False, "tag": "msa-off"},
+    {"awmse": False, "tag": "awmse-off"},
+)
 
 # Input gradients that float32 cannot define: FGD's attention term is sum |A(s) - A(t)| with
 # A = H*W*softmax(...) ~ 1 + O(1e-7) on "tiny" features, so the sign of each difference (and the
@@ -481,6 +505,116 @@ def _stage_loss_case(
     return run
 
 
+def _out_loss_case(
+    kind: str, mode: _Mode, variant: Mapping[str, Any] | None = None
+) -> Callable[[Context], list[Check]]:
+    """The output-map term on its own; ``variant``: msa_awmse parameters (``tag`` names it)."""
+    extra = {k: v for k, v in (variant or {}).items() if k != "tag"}
+    tag = f"/{variant['tag']}" if variant else ""
+
+    def run(ctx: Context) -> list[Check]:
+        from ms_impl.distill.method import OutputMapLoss as MSOutputMapLoss
+        from torch_ref.distill.method import OutputMapLoss as TOutputMapLoss
+
+        name = f"loss/msa_awmse_out/{kind}{tag}" + ("/graph" if mode == "graph" else "")
+        t, s, mask, _ = make_inputs(kind, _seed(ctx, "out", kind), channels=1)
+        tz, sz = 3.0 * t, 3.0 * s  # logits
+        params = dict(extra)
+        if kind == "nomask":
+            params["use_mask"] = False  # R = [M > 1]
+        tl, ml = TOutputMapLoss(params), MSOutputMapLoss(params)
+        want = oracle.out_map_loss(tz, sz, mask, params)
+        vt, gt, _ = _torch_value_grad(tl, [tz, sz, mask], 1, module=tl)
+        vm, gm, _ = _ms_value_grad(ml, [tz, sz, mask], 1, module=ml, mode=mode)
+        checks = _three_way(name, "value", vm, vt, want, "loss")
+        checks.append(compare(name, f"grad s_logits {_PAIR_MS_T}", gm, gt, "loss_grad"))
+        return checks
+
+    return run
+
+
+def _out_distiller_case(kind: str, mode: _Mode) -> Callable[[Context], list[Check]]:
+    """The msa_awmse distiller with ``out_weight``: total, terms and gradients."""
+
+    def run(ctx: Context) -> list[Check]:
+        torch = _torch()
+        ms = _ms()
+        from irkd.config import MethodConfig
+        from irkd.methods import msa_awmse_params
+        from ms_impl.distill.distiller import Distiller as MSDistiller
+        from ms_impl.weights import load_neutral_net as load_neutral_ms
+        from ms_impl.weights import name_map
+        from torch_ref.distill.distiller import Distiller as TDistiller
+        from torch_ref.weights import load_neutral_net as load_neutral_torch
+
+        name = f"method/distiller/{kind}/out" + ("/graph" if mode == "graph" else "")
+        t, s, mask, _ = make_inputs(kind, _seed(ctx, "distiller", kind))
+        s = np.ascontiguousarray(s[:, :4])  # the student's stage has 4 channels
+        tz = np.ascontiguousarray(3.0 * t[:, :1])  # logits: a bright target where t has one
+        sz = np.ascontiguousarray(3.0 * s[:, :1])
+        method = MethodConfig(
+            stages=["dec0"], lam=OUT_LAM, out_weight=OUT_WEIGHT, use_mask=kind != "nomask"
+        )
+        t_ch, s_ch = {"dec0": 8}, {"dec0": 4}
+        torch.manual_seed(ctx.seed)
+        td = TDistiller(method, t_ch, s_ch)
+        arrays = _weights_file(
+            ctx, "distiller-dec0-c8-c4", lambda: _randomized_torch_state(td, ctx.seed)
+        )
+        md = MSDistiller(method, t_ch, s_ch)
+        load_neutral_torch(td, arrays)
+        load_neutral_ms(md, arrays)
+        td.train()
+        md.set_train(True)
+
+        conn = {k[len("connectors.0.") :]: v for k, v in arrays.items()}
+        y, _ = oracle.connector(s, conn, True)
+        params = msa_awmse_params(method)
+        want_stage = oracle.msa_awmse_loss(t, y, mask, params)
+        want_out = oracle.out_map_loss(tz, sz, mask, params)
+        want = oracle.msa_awmse_total([want_stage], [1.0], OUT_LAM, want_out, OUT_WEIGHT)
+
+        tt = [torch.tensor(a) for a in (t, s, tz, sz, mask)]
+        tt[3].requires_grad_(True)
+        td.zero_grad(set_to_none=True)
+        total_t, terms_t = td({"dec0": tt[0]}, {"dec0": tt[1]}, tt[2], tt[3], tt[4])
+        total_t.backward()
+        gt = tt[3].grad.numpy().copy()
+        pt = {n: p.grad.numpy().copy() for n, p in td.named_parameters() if p.grad is not None}
+
+        weights = md.trainable_params()
+
+        def fwd(tf: Any, sf: Any, tl: Any, sl: Any, m: Any) -> tuple[Any, Any, Any]:
+            total, terms = md({"dec0": tf}, {"dec0": sf}, tl, sl, m)
+            return total, terms[0], terms[1]
+
+        grad_fn = ms.value_and_grad(fwd, grad_position=3, weights=weights, has_aux=True)
+
+        def step(tf: Any, sf: Any, tl: Any, sl: Any, m: Any) -> Any:
+            return grad_fn(tf, sf, tl, sl, m)
+
+        _set_mode(mode)
+        try:
+            call = ms.jit(step) if mode == "graph" else step
+            out, (gm, pgm) = call(*[ms.Tensor(a) for a in (t, s, tz, sz, mask)])
+        finally:
+            _set_mode("pynative")
+        total_m, stage_m, out_m = (float(v.asnumpy()) for v in out)
+        checks = _three_way(name, "total", total_m, float(total_t.detach()), want, "loss")
+        checks += _three_way(name, "dec0", stage_m, float(terms_t[0].detach()), want_stage, "loss")
+        checks += _three_way(name, "out", out_m, float(terms_t[1].detach()), want_out, "loss")
+        checks.append(compare(name, f"grad s_logits {_PAIR_MS_T}", gm.asnumpy(), gt, "loss_grad"))
+        nm = name_map(md)
+        pm = {p.name: g.asnumpy() for p, g in zip(weights, pgm, strict=True)}
+        for tname, g in sorted(pt.items()):
+            checks.append(
+                compare(name, f"grad {tname} {_PAIR_MS_T}", pm[nm.to_ms(tname)], g, "loss_grad")
+            )
+        return checks
+
+    return run
+
+
 def loss_cases() -> list[Case]:
     """The method-component and loss rows of the case table, every one in the quick set."""
     cases: list[Case] = []
@@ -538,4 +672,21 @@ def loss_cases() -> list[Case]:
         for kind in _GRAPH_INPUTS:
             name = f"loss/{method}/{kind}{tag}/graph"
             cases.append(Case(name, "loss", _stage_loss_case(method, kind, "graph", variant), True))
+    # The output-map term of method.out_weight: on its own (defaults on every input but
+    # "tiny", the MSA and AWMSE options on one), and in the distiller with its total.
+    out_rows: list[tuple[str, dict[str, Any] | None]] = [(k, None) for k in _OUT_INPUTS]
+    out_rows += [("random", v) for v in _OUT_VARIANTS]
+    for kind, variant in out_rows:
+        tag = f"/{variant['tag']}" if variant else ""
+        name = f"loss/msa_awmse_out/{kind}{tag}"
+        cases.append(Case(name, "loss", _out_loss_case(kind, "pynative", variant), True))
+    for kind in _GRAPH_INPUTS:
+        name = f"loss/msa_awmse_out/{kind}/graph"
+        cases.append(Case(name, "loss", _out_loss_case(kind, "graph"), True))
+    for kind in _OUT_DISTILLER_INPUTS:
+        name = f"method/distiller/{kind}/out"
+        cases.append(Case(name, "loss", _out_distiller_case(kind, "pynative"), True))
+    for kind in _GRAPH_INPUTS:
+        name = f"method/distiller/{kind}/out/graph"
+        cases.append(Case(name, "loss", _out_distiller_case(kind, "graph"), True))
     return cases

@@ -73,7 +73,9 @@ __all__ = [
     "mgd_loss",
     "msa_awmse_loss",
     "msa_awmse_stage_loss",
+    "msa_awmse_total",
     "msa_map",
+    "out_map_loss",
     "pkd_loss",
     "plain_mse",
     "soft_iou_loss",
@@ -391,6 +393,37 @@ def msa_awmse_loss(
         m = np.ones((b, 1, h, w))
     r = mask_to(mask, h, w) if p["use_mask"] and mask is not None else (m > 1.0).astype(float)
     return awmse(t_hat, s_hat, m, r, p["alpha"], p["beta"], p["awmse_eps"])
+
+
+def out_map_loss(
+    t_logits: Array, s_logits: Array, mask: Array | None, params: Mapping[str, Any] | None = None
+) -> float:
+    """The output-map term ``L_out`` of ``method.out_weight`` (msa_awmse only).
+
+    :func:`msa_awmse_loss` of ``P_t = sigmoid(t_logits)`` and ``P_s = sigmoid(s_logits)``
+    (B, 1, H, W) with the same options, ``normalize`` forced to ``none``.
+    """
+    p = {**check_msa_awmse_params(params), "normalize": "none"}
+    return msa_awmse_loss(_sigmoid(_f64(t_logits)), _sigmoid(_f64(s_logits)), mask, p)
+
+
+def msa_awmse_total(
+    stage_terms: Sequence[float],
+    stage_weights: Sequence[float],
+    lam: float,
+    out_term: float | None = None,
+    out_weight: float = 0.0,
+) -> float:
+    """The distiller's total ``lam * (sum_s w_s * L_s + out_weight * L_out)``.
+
+    ``out_term`` is ``L_out`` (:func:`out_map_loss`); it counts only when ``out_weight > 0``.
+    """
+    total = sum(float(w) * float(v) for w, v in zip(stage_weights, stage_terms, strict=True))
+    if out_weight > 0:
+        if out_term is None:
+            raise ValueError("msa_awmse_total: out_weight > 0 needs out_term")
+        total += float(out_weight) * float(out_term)
+    return float(lam) * total
 
 
 def msa_awmse_stage_loss(

@@ -58,6 +58,9 @@ def test_yaml_scientific_notation_is_a_float(tmp_path):
         ("data.crop=100", "data.crop"),
         ("method.stage_weights=[1.0]", "method.stage_weights"),
         ("optim.lr=-1", "optim.lr"),
+        ("method.out_weight=-1", "method.out_weight"),
+        ("method.out_weight=.nan", "method.out_weight"),
+        ("method.out_weight=true", "method.out_weight"),
     ],
 )
 def test_bad_values_name_the_key(override, needle):

@@ -904,3 +904,190 @@ def test_task_loss_deep_supervision_mean():
     t_losses.task_loss(z, (a,), torch.tensor(mask)).backward()
     _grad_close(g_ms[0].asnumpy(), z.grad.numpy())
     _grad_close(g_ms[1].asnumpy(), a.grad.numpy())
+
+
+# ---------------------------------------------------------------- the output-map term
+
+
+def _out_values(params, t_logits, s_logits, mask):
+    """``OutputMapLoss`` on both sides (``mask`` may be None)."""
+    mm = None if mask is None else ms.Tensor(mask)
+    tm = None if mask is None else torch.tensor(mask)
+    a = ms_method.OutputMapLoss(params)(ms.Tensor(t_logits), ms.Tensor(s_logits), mm)
+    b = t_method.OutputMapLoss(params)(torch.tensor(t_logits), torch.tensor(s_logits), tm)
+    return float(a.asnumpy()), float(b)
+
+
+def _out_logits(seed=80):
+    """Teacher logits with two bright targets on the mask, student logits, the mask."""
+    mask = np.zeros((2, 1, 32, 32), np.float32)
+    mask[0, 0, 5:7, 9:11] = 1.0
+    mask[1, 0, 20:23, 3:5] = 1.0
+    t = _rand((2, 1, 32, 32), seed, 1.5) - 3.0 + 8.0 * mask
+    s = _rand((2, 1, 32, 32), seed + 1, 1.5) - 2.0
+    return t.astype(np.float32), s.astype(np.float32), mask
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        pytest.param(None, id="default"),
+        pytest.param({"msa": False, "on_student": True}, id="msa-off"),
+        pytest.param({"on_student": True, "fusion": "max"}, id="on-student"),
+        pytest.param({"awmse": False}, id="awmse-off"),
+        pytest.param({"use_mask": False}, id="no-mask"),
+    ],
+)
+def test_out_term_is_the_stage_loss_on_probability_maps(params):
+    t, s, mask = _out_logits()
+    a, b = _out_values(params, t, s, mask)
+    _close(a, b)
+    want = o.out_map_loss(t, s, mask, params)
+    _close(a, want, ORACLE_RTOL, ORACLE_ATOL)
+    assert want > 1e-3
+    # exactly the method's stage loss on sigmoid maps, normalisation off whatever is asked
+    pt, ps = (1.0 / (1.0 + np.exp(-x.astype(np.float64))) for x in (t, s))
+    for normalize in ("l2", "l2_map", "none"):
+        p = {**(params or {}), "normalize": normalize}
+        want_p = o.msa_awmse_loss(pt, ps, mask, {**p, "normalize": "none"})
+        assert o.out_map_loss(t, s, mask, p) == pytest.approx(want_p, rel=1e-12)
+    # P_s == P_t: the term vanishes (exactly), on both sides
+    a0, b0 = _out_values(params, t, t.copy(), mask)
+    assert a0 == 0.0 and b0 == 0.0
+
+
+@pytest.mark.parametrize("backend", ["ms", "torch"])
+def test_out_term_gradient_reaches_the_student_logits_only(backend):
+    t, s, mask = _out_logits(seed=84)
+    if backend == "torch":
+        tl = torch.tensor(t, requires_grad=True)
+        sl = torch.tensor(s, requires_grad=True)
+        t_method.OutputMapLoss()(tl, sl, torch.tensor(mask)).backward()
+        g_t, g_s = tl.grad, sl.grad.numpy()
+        assert g_t is None or not g_t.any()
+    else:
+        fn = ms_method.OutputMapLoss()
+        g_t, g_s = ms.grad(fn, (0, 1))(ms.Tensor(t), ms.Tensor(s), ms.Tensor(mask))
+        assert not g_t.asnumpy().any()
+        g_s = g_s.asnumpy()
+    assert np.abs(g_s).max() > 0
+
+
+def _out_distiller(out_weight, lam=0.7, **over):
+    method = MethodConfig(stages=["enc0", "dec0"], lam=lam, out_weight=out_weight, **over)
+    return method, *_distiller_pair(method)
+
+
+def test_out_weight_zero_changes_nothing():
+    """``out_weight`` 0: no term, no module, the same names and bit-identical numbers (the
+    stage terms and total of a distiller with the term are those of one without it)."""
+    names = ["enc0", "dec0"]
+    tf, sf, mask = _distiller_inputs(names)
+    t, s, _ = _out_logits(seed=86)
+    _, t0, m0 = _out_distiller(0.0)
+    _, t1, m1 = _out_distiller(0.25)
+    for d in (t0, m0):
+        assert d.out_weight == 0.0 and d.out_loss is None and d.term_names == tuple(names)
+    assert t1.term_names == m1.term_names == (*names, "out")
+    assert sorted(t0.state_dict()) == sorted(t1.state_dict())
+    assert sorted(p.name for p in m0.get_parameters()) == sorted(
+        p.name for p in m1.get_parameters()
+    )
+    for dist0, dist1, run in ((t0, t1, _run_t), (m0, m1, _run_ms)):
+        total0, terms0 = run(dist0, tf, sf, mask, t, s)
+        total1, terms1 = run(dist1, tf, sf, mask, t, s)
+        assert len(terms0) == 2 and len(terms1) == 3
+        assert terms0 == terms1[:2]  # bit for bit
+        assert total0 == pytest.approx(0.7 * (terms0[0] + terms0[1]), rel=1e-6)
+
+
+def test_out_weight_scales_the_out_term_in_the_total():
+    names = ["enc0", "dec0"]
+    tf, sf, mask = _distiller_inputs(names)
+    t, s, _ = _out_logits(seed=88)
+    totals = {}
+    for ow in (0.5, 2.0):
+        _, tdist, mdist = _out_distiller(ow)
+        tdist.train()
+        mdist.set_train(True)
+        a_total, a_terms = _run_ms(mdist, tf, sf, mask, t, s)
+        b_total, b_terms = _run_t(tdist, tf, sf, mask, t, s)
+        _close(a_terms, b_terms, 1e-5, 1e-6)
+        _close(a_total, b_total, 1e-5, 1e-6)
+        want = 0.7 * (b_terms[0] + b_terms[1] + ow * b_terms[2])
+        _close(b_total, want, 1e-6)
+        _close(b_terms[2], o.out_map_loss(t, s, mask), ORACLE_RTOL, ORACLE_ATOL)
+        totals[ow] = (b_total, b_terms)
+    (t_a, terms_a), (t_b, terms_b) = totals[0.5], totals[2.0]
+    _close(terms_a, terms_b, 1e-6)  # the terms are unweighted
+    _close(t_b - t_a, 0.7 * 1.5 * terms_a[2], 1e-5)
+    assert t_b - t_a > 1e-3
+
+
+@pytest.mark.parametrize("mod", [ms_dist, t_dist], ids=["ms", "torch"])
+def test_out_weight_errors(mod):
+    tsc, ssc = stage_channels(TEACHER), stage_channels(STUDENT)
+    for name in ("fitnet", "logit_kd", "mgd"):
+        with pytest.raises(ValueError, match=r"method\.out_weight: .*msa_awmse only"):
+            mod.Distiller(MethodConfig(name=name, out_weight=1.0), tsc, ssc)
+    mod.Distiller(MethodConfig(name="fitnet", out_weight=0.0), tsc, ssc)
+    for bad in (-0.5, math.inf, math.nan):
+        with pytest.raises(ValueError, match=r"method\.out_weight: must be a number >= 0"):
+            mod.Distiller(MethodConfig(out_weight=bad), tsc, ssc)
+    dist = mod.Distiller(MethodConfig(stages=["enc0"], out_weight=1.0), tsc, ssc)
+    run = _run_ms if mod is ms_dist else _run_t
+    tf, sf, mask = _distiller_inputs(["enc0"])
+    logits = _rand((2, 1, 32, 32), seed=9)
+    with pytest.raises(ValueError, match="distils the output maps"):
+        run(dist, tf, sf, mask, t_logits=logits, s_logits=None)
+    with pytest.raises(ValueError, match="distils the output maps"):
+        run(dist, tf, sf, mask)
+
+
+def test_out_weight_in_the_config():
+    from irkd.config import ConfigError, load_config
+
+    assert MethodConfig().out_weight == 0.0
+    assert load_config(None, ["method.out_weight=1"]).method.out_weight == 1.0
+    with pytest.raises(ConfigError, match=r"method\.out_weight: must be a number >= 0"):
+        load_config(None, ["method.out_weight=-1"])
+    with pytest.raises(ConfigError, match=r"method\.out_weight: .*msa_awmse only"):
+        load_config(None, ["method.name=fitnet", "method.out_weight=0.5"])
+    assert load_config(None, ["method.name=fitnet"]).method.out_weight == 0.0
+
+
+class _OutDistLoss(msnn.Cell):
+    """The distiller with the output-map term inside a graph: features and logits -> total."""
+
+    def __init__(self, dist: msnn.Cell) -> None:
+        super().__init__()
+        self.dist = dist
+
+    def construct(self, t0, s0, t_logits, s_logits, mask):
+        total, terms = self.dist({"enc0": t0}, {"enc0": s0}, t_logits, s_logits, mask, ())
+        return total + terms[1] * 0.0
+
+
+def test_out_term_in_graph_mode():
+    """The static ``out_weight`` branch compiles; values and gradients as in PyNative."""
+    tdist, mdist = _distiller_pair(MethodConfig(stages=["enc0"], lam=0.7, out_weight=0.5))
+    tf, sf, mask = _distiller_inputs(["enc0"])
+    t, s, _ = _out_logits(seed=90)
+    tdist.train()
+    mdist.set_train(True)
+    want, want_terms = _run_t(tdist, tf, sf, mask, t, s)
+    args = [ms.Tensor(x) for x in (tf["enc0"], sf["enc0"], t, s, mask)]
+    params = mdist.trainable_params()
+    ref_val, (ref_g, ref_gp) = ms.value_and_grad(_OutDistLoss(mdist), (1, 3), params)(*args)
+    _close(float(ref_val.asnumpy()), want, 1e-5)
+    set_mode("graph")
+    try:
+        cell = _OutDistLoss(mdist)
+        cell.set_train(True)
+        val, (g, gp) = ms.value_and_grad(cell, (1, 3), params)(*args)
+    finally:
+        set_mode("pynative")
+    _close(float(val.asnumpy()), want, 1e-5)
+    for x, r in zip(g + gp, ref_g + ref_gp, strict=True):
+        _grad_close(x.asnumpy(), r.asnumpy())
+    assert np.abs(g[1].asnumpy()).max() > 0  # the student's logits get a gradient

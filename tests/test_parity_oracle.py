@@ -264,6 +264,25 @@ def test_awmse_region_weights_sum_to_alpha_beta():
     assert val == pytest.approx(((2.0 + 0.5) + 0.5) / 2, rel=1e-9)
 
 
+def test_out_map_loss_by_hand():
+    """The output-map term on flat logit maps: ``d = (sigmoid(a) - sigmoid(b))^2`` at every
+    pixel and a uniform ``M``, so the term is the region weights' total times ``d``; the
+    normalisation asked for is ignored, and ``lam``/``out_weight`` weigh it in the total."""
+    mask = np.zeros((2, 1, 4, 6))
+    mask[0, 0, 1, 2] = 1.0  # image 1 has no target: background term only
+    t, s = np.full((2, 1, 4, 6), 2.0), np.full((2, 1, 4, 6), -1.0)
+    d = (1 / (1 + np.exp(-2.0)) - 1 / (1 + np.exp(1.0))) ** 2
+    p = {"alpha": 2.0, "beta": 0.5, "awmse_eps": 1e-12}
+    for normalize in ("l2", "l2_map", "none"):
+        val = o.out_map_loss(t, s, mask, {**p, "normalize": normalize})
+        assert val == pytest.approx(((2.0 + 0.5) + 0.5) / 2 * d, rel=1e-9)
+    assert o.out_map_loss(t, t, mask) == 0.0
+    assert o.msa_awmse_total([1.0, 2.0], [1.0, 0.5], 0.5, 4.0, 0.25) == 0.5 * (2.0 + 1.0)
+    assert o.msa_awmse_total([1.0], [1.0], 2.0, 4.0, 0.0) == 2.0  # out_weight 0: no term
+    with pytest.raises(ValueError, match="needs out_term"):
+        o.msa_awmse_total([1.0], [1.0], 1.0, None, 0.5)
+
+
 @pytest.mark.parametrize("seed", [3, 21])  # the seeds of the torch and MindSpore comparisons
 @pytest.mark.parametrize("feat", ["random", "hot"])
 @pytest.mark.parametrize("name", ["mgd", "fgd"])

@@ -159,6 +159,43 @@ def test_catches_a_wrong_connector_momentum(monkeypatch):
     assert "bn.running_mean mindspore~numpy" in bad
 
 
+def test_catches_an_out_term_normalised_like_the_stages(monkeypatch):
+    """The output-map term with the stages' per-pixel L2 (a one-channel map becomes 1
+    everywhere, the term 0) on the MindSpore side fails its loss and distiller cases."""
+    from ms_impl.distill import method as mm
+
+    monkeypatch.setattr(mm, "_out_params", lambda p: dict(p))
+    failed, _ = _failed(loss_cases(), ["loss/msa_awmse_out/random", "method/distiller/random/out"])
+    assert failed == [
+        "loss/msa_awmse_out/random",
+        "loss/msa_awmse_out/random/awmse-off",
+        "loss/msa_awmse_out/random/graph",
+        "loss/msa_awmse_out/random/msa-off",
+        "loss/msa_awmse_out/random/on-student",
+        "method/distiller/random/out",
+        "method/distiller/random/out/graph",
+    ]
+
+
+def test_catches_an_unweighted_out_term_in_the_total(monkeypatch):
+    """A PyTorch distiller that adds ``L_out`` without ``out_weight`` fails the total, not
+    the terms."""
+    from torch_ref.distill import distiller as td
+
+    real = td.Distiller.__init__
+
+    def init(self, method, teacher_channels, student_channels):
+        real(self, method, teacher_channels, student_channels)
+        if self.out_weight > 0:
+            self.out_weight = 1.0  # the branch still runs, the weight is lost
+
+    monkeypatch.setattr(td.Distiller, "__init__", init)
+    failed, checks = _failed(loss_cases(), ["method/distiller/random/out"])
+    assert failed == ["method/distiller/random/out", "method/distiller/random/out/graph"]
+    bad = {c.what for c in checks if not c.passed}
+    assert "total pytorch~numpy" in bad and "out pytorch~numpy" not in bad
+
+
 # ----------------------------------------------------------------------------- report and CLI
 
 

@@ -841,3 +841,39 @@ def test_ms_teacher_msa_maps_match_pytorch(teacher_file):
     for k in ms_maps:
         assert ms_maps[k].shape == (64, 96) and ms_maps[k].dtype == np.float32
         np.testing.assert_allclose(ms_maps[k], th_maps[k], rtol=1e-4, atol=1e-4, err_msg=k)
+
+
+def test_ms_out_weight_in_the_compiled_step_matches_pytorch(root, teacher_file):
+    """``method.out_weight``: the compiled MindSpore step takes the teacher's logits, logs
+    ``kd/out`` next to ``kd/<stage>``, and its first step equals PyTorch's from the same
+    weights (the U-Net pair, SGD)."""
+    import dataclasses
+
+    cfg = make_cfg(
+        "ms",
+        root,
+        teacher_file(PAIR["ms"][0]),
+        method__out_weight=0.5,
+        optim__name="sgd",
+        optim__momentum=0.0,
+        optim__weight_decay=0.0,
+    )
+    th = t_train.TorchTrainer(dataclasses.replace(cfg, backend="pytorch"))
+    tr = ms_train.MSTrainer(cfg, graph=True)
+    try:
+        ms_load_neutral(tr.student, t_neutral(th.student))
+        ms_load_neutral(tr.distiller, t_neutral(th.distiller))
+        images, masks = _batch(cfg)
+        th.train_mode()
+        tr.train_mode()
+        a = tr.step(images, masks, 0, 1e-2, where="ms step 0")
+        b = th.step(images, masks, 0, 1e-2, where="torch step 0")
+    finally:
+        set_mode("pynative")
+    assert tr.distiller.term_names == th.distiller.term_names == ("enc1", "dec0", "out")
+    assert set(a) == set(b) == {"loss", "task", "kd", "kd/enc1", "kd/dec0", "kd/out"}
+    for key in a:
+        np.testing.assert_allclose(a[key], b[key], rtol=1e-5, atol=LOSS_ATOL, err_msg=key)
+    assert b["kd/out"] > 0
+    want = cfg.method.lam * (b["kd/enc1"] + b["kd/dec0"] + 0.5 * b["kd/out"])
+    np.testing.assert_allclose(b["kd"], want, rtol=1e-6)

@@ -124,7 +124,7 @@ class TrainNet(nn.Module):
         t_feats: dict[str, torch.Tensor] | None,
         noise: tuple[torch.Tensor, ...],
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """``(loss, terms)``; ``terms``: ``task``, ``kd`` and ``kd/<stage>``."""
+        """``(loss, terms)``; ``terms``: ``task``, ``kd`` and ``kd/<stage>`` (and ``kd/out``)."""
         s_logits, s_feats = self.student.forward_features(x)
         aux = tuple(s_feats[k] for k in AUX_KEYS if k in s_feats)
         task = task_loss(s_logits, aux, m, reduce=self.reduce)
@@ -134,7 +134,7 @@ class TrainNet(nn.Module):
             kd, stage_terms = self.distiller(t_feats, s_feats, t_logits, s_logits, m, noise)
             loss = task + kd
             terms["kd"] = kd
-            for name, value in zip(self.distiller.stages, stage_terms, strict=True):
+            for name, value in zip(self.distiller.term_names, stage_terms, strict=True):
                 terms[f"kd/{name}"] = value
         return loss, terms
 

@@ -14,6 +14,9 @@ weights never contain them. It is called as::
     total, terms = distiller(t_feats, s_feats, t_logits, s_logits, mask, noise)
 
 with ``total = lam * sum_s w_s * L_s`` and ``terms`` the unweighted ``L_s`` in stage order.
+With ``method.out_weight > 0`` (``msa_awmse`` only) the output-map term ``L_out`` of
+:class:`~.method.OutputMapLoss` joins them: ``total = lam * (sum_s w_s * L_s + out_weight *
+L_out)``, and ``terms`` ends with ``L_out`` (named ``out`` in :attr:`Distiller.term_names`).
 Teacher features and logits pass through ``stop_gradient`` inside: no gradient reaches the
 teacher.
 """
@@ -25,10 +28,11 @@ from collections.abc import Mapping, Sequence
 from mindspore import Tensor, nn, ops
 
 from irkd.config import MethodConfig
+from irkd.methods import out_weight as _out_weight
 from irkd.methods import stage_channel as _channels
 from irkd.methods import stage_params, stage_stride  # noqa: F401
 
-from .method import Connector, MSAAWMSELoss, msa_map
+from .method import Connector, MSAAWMSELoss, OutputMapLoss, msa_map
 
 __all__ = [
     "METHODS",
@@ -89,10 +93,15 @@ class Distiller(nn.Cell):
         stage_weights: ``w_s`` (default 1.0 each; ``logit_kd`` has the single weight 1.0,
             ``lam`` scales it).
         lam: ``lambda``.
+        out_weight: Weight of the output-map term (``method.out_weight``; 0: none).
+        out_loss: The :class:`OutputMapLoss` of that term (``None`` when ``out_weight`` is 0).
+        term_names: Names of the unweighted terms returned, in order: :attr:`stages`, then
+            ``out`` when ``out_weight > 0`` (the trainers log them as ``kd/<name>``).
 
     Raises:
-        ValueError: Unknown method, a stage missing from the channel maps, or a
-            ``stage_weights`` of the wrong length.
+        ValueError: Unknown method, a stage missing from the channel maps, a
+            ``stage_weights`` of the wrong length, or an ``out_weight`` below 0 or other than
+            0 for a method other than ``msa_awmse``.
     """
 
     def __init__(
@@ -106,6 +115,8 @@ class Distiller(nn.Cell):
             raise ValueError("method 'none' has no distiller (build_distiller returns None)")
         cls = loss_class(method.name)
         params = stage_params(method)
+        self.out_weight = _out_weight(method)
+        self.out_loss: OutputMapLoss | None = None
         self.method = method.name
         self.lam = float(method.lam)
         self.on_logits = method.name == "logit_kd"
@@ -118,6 +129,7 @@ class Distiller(nn.Cell):
             self.connectors = nn.CellList()
             t_ch = int(teacher_channels.get("logits", 1))
             self.losses = nn.CellList([cls(t_ch, params)])
+            self.term_names: tuple[str, ...] = self.stages
             return
         self.stages = tuple(method.stages)
         if not self.stages:
@@ -136,6 +148,10 @@ class Distiller(nn.Cell):
             [Connector(sc, tc) for sc, tc in zip(s_chs, t_chs, strict=True)]
         )
         self.losses = nn.CellList([cls(tc, params) for tc in t_chs])
+        self.term_names = self.stages
+        if self.out_weight > 0:
+            self.out_loss = OutputMapLoss(params)
+            self.term_names = (*self.stages, "out")
 
     def noise_shapes(self, batch: int, height: int, width: int) -> tuple[tuple[int, ...], ...]:
         """Per-stage shapes of the uniform noise the loop must draw (``()``: none needed).
@@ -184,11 +200,14 @@ class Distiller(nn.Cell):
     ) -> tuple[Tensor, tuple[Tensor, ...]]:
         """``(total, terms)``: ``lam * sum_s w_s * L_s`` and the unweighted ``L_s``.
 
+        With ``out_weight > 0``: ``lam * (sum_s w_s * L_s + out_weight * L_out)``, and
+        ``L_out`` last in ``terms``.
+
         Args:
             t_feats: Teacher stage features by name.
             s_feats: Student stage features by name (before the connectors).
-            t_logits: Teacher logits (used by ``logit_kd`` only).
-            s_logits: Student logits (used by ``logit_kd`` only).
+            t_logits: Teacher logits (used by ``logit_kd`` and the output-map term only).
+            s_logits: Student logits (used by ``logit_kd`` and the output-map term only).
             mask: GT mask (B, 1, H, W) at input resolution.
             noise: One tensor per stage, shaped by :meth:`noise_shapes` (``()`` or ``None``
                 entries where a stage needs none; the whole tuple may be empty then).
@@ -209,6 +228,14 @@ class Distiller(nn.Cell):
         total = terms[0] * self.stage_weights[0]
         for i in range(1, len(terms)):
             total = total + terms[i] * self.stage_weights[i]
+        if self.out_weight > 0:
+            if t_logits is None or s_logits is None:
+                raise ValueError(
+                    "method.out_weight distils the output maps: pass t_logits and s_logits"
+                )
+            out = self.out_loss(ops.stop_gradient(t_logits), s_logits, mask)  # type: ignore[misc]
+            terms.append(out)
+            total = total + out * self.out_weight
         return self.lam * total, tuple(terms)
 
 

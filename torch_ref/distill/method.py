@@ -13,6 +13,8 @@ floating-point operations. Notation: teacher feature ``T`` (B, Ct, H, W), studen
 - :func:`awmse`: ``d = sum_c (T_hat - S_hat)^2``; per image ``w_fg = M*R / (sum M*R + eps)``,
   ``w_bg = M*(1-R) / (sum M*(1-R) + eps)``; ``L = mean_b(alpha sum w_fg d + beta sum w_bg d)``.
 - :class:`MSAAWMSELoss`: the stage loss that puts them together, every option a config field.
+- :class:`OutputMapLoss`: the output-map term of ``method.out_weight``, the stage loss on
+  ``sigmoid(teacher logits)`` and ``sigmoid(student logits)``, not normalised.
 
 Decisions (the same on both sides):
 
@@ -37,6 +39,7 @@ from torch import Tensor, nn
 
 from irkd.methods import MSA_AWMSE_DEFAULTS, msa_awmse_params  # noqa: F401
 from irkd.methods import check_msa_awmse_params as _check_params
+from irkd.methods import out_params as _out_params
 
 __all__ = [
     "mask_to",
@@ -47,6 +50,7 @@ __all__ = [
     "plain_mse",
     "Connector",
     "MSAAWMSELoss",
+    "OutputMapLoss",
     "MSA_AWMSE_DEFAULTS",
     "msa_awmse_params",
 ]
@@ -297,3 +301,31 @@ class MSAAWMSELoss(nn.Module):
         else:
             region = (m > 1.0).to(m.dtype)
         return awmse(t_hat, s_hat, m, region, self.alpha, self.beta, self.awmse_eps)
+
+
+class OutputMapLoss(nn.Module):
+    """The output-map term of ``method.out_weight``: :class:`MSAAWMSELoss` on probability maps.
+
+    ``P_t = sigmoid(t_logits)`` (a constant: ``detach``) and ``P_s = sigmoid(s_logits)``,
+    both (B, 1, H, W) at input resolution, go through the method's stage loss with the same
+    options except ``normalize``, forced to ``none``: ``M`` is the MSA map of ``P_t`` (with
+    ``on_student`` also of ``P_s``, fused by max; uniform when MSA is off), ``R`` the GT mask
+    (``use_mask``), and ``alpha``, ``beta``, ``awmse``, ``awmse_eps`` as for the stages. No
+    connector: both maps have one channel.
+
+    Args:
+        params: The stages' :class:`MSAAWMSELoss` parameters (``normalize`` is overridden).
+
+    Raises:
+        ValueError: An unknown parameter or an invalid value.
+    """
+
+    def __init__(self, params: Mapping[str, Any] | None = None) -> None:
+        super().__init__()
+        self.map_loss = MSAAWMSELoss(1, _out_params(_check_params(params)))
+
+    def forward(self, t_logits: Tensor, s_logits: Tensor, mask: Tensor | None = None) -> Tensor:
+        """Scalar term from the teacher's and the student's logits (B, 1, H, W)."""
+        p_t = torch.sigmoid(t_logits.detach())
+        p_s = torch.sigmoid(s_logits)
+        return self.map_loss(p_t, p_s, mask, None)
