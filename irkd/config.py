@@ -143,6 +143,10 @@ class MethodConfig:
         beta: Background weight of AWMSE.
         use_mask: Use the ground-truth mask as target region (else ``M > 1``).
         awmse_eps: Guard of the AWMSE region sums.
+        awmse_reduce: ``image``: each image's target (and background) weights sum to
+            ``alpha`` (``beta``), the loss is the mean over images (DESIGN.md 2.4); ``batch``:
+            they sum to ``alpha`` (``beta``) over the whole batch, so that a target pixel
+            weighs the same whatever the size of the other targets of its image.
         params: Baseline-specific hyperparameters (see each baseline's defaults).
     """
 
@@ -158,6 +162,7 @@ class MethodConfig:
     beta: float = 0.5
     use_mask: bool = True
     awmse_eps: float = 1e-6
+    awmse_reduce: Literal["image", "batch"] = "image"
     params: dict[str, Any] = field(default_factory=dict)
 
 
