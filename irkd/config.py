@@ -152,6 +152,10 @@ class MethodConfig:
             mask as region and the same ``alpha``, ``beta``, ``awmse``. It transfers the
             teacher's confidence, which the per-pixel L2 normalisation removes from the
             stage features. ``0`` (default): no such term (logged as ``kd/out`` otherwise).
+        awmse_reduce: ``image``: each image's target (and background) weights sum to
+            ``alpha`` (``beta``), the loss is the mean over images (DESIGN.md 2.4); ``batch``:
+            they sum to ``alpha`` (``beta``) over the whole batch, so that a target pixel
+            weighs the same whatever the size of the other targets of its image.
         params: Baseline-specific hyperparameters (see each baseline's defaults).
     """
 
@@ -168,6 +172,7 @@ class MethodConfig:
     use_mask: bool = True
     awmse_eps: float = 1e-6
     out_weight: float = 0.0
+    awmse_reduce: Literal["image", "batch"] = "image"
     params: dict[str, Any] = field(default_factory=dict)
 
 

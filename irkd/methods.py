@@ -141,6 +141,7 @@ def msa_awmse_params(method: MethodConfig) -> dict[str, Any]:
         "beta": float(method.beta),
         "use_mask": bool(method.use_mask),
         "awmse_eps": float(method.awmse_eps),
+        "awmse_reduce": str(method.awmse_reduce),
     }
 
 
@@ -165,6 +166,10 @@ def check_msa_awmse_params(params: Mapping[str, Any] | None) -> dict[str, Any]:
     if p["normalize"] not in ("l2", "l2_map", "none"):
         raise ValueError(
             f"MSAAWMSELoss: normalize must be 'l2', 'l2_map' or 'none', got {p['normalize']!r}"
+        )
+    if p["awmse_reduce"] not in ("image", "batch"):
+        raise ValueError(
+            f"MSAAWMSELoss: awmse_reduce must be 'image' or 'batch', got {p['awmse_reduce']!r}"
         )
     for key in ("tau", "msa_eps", "l2_eps", "awmse_eps"):
         if not float(p[key]) > 0:

@@ -16,7 +16,9 @@ Case names:
   BatchNorm statistics, after :data:`EMA_STEPS`;
 - ``loss/soft_iou/<input>``: SoftIoU with deep supervision (``task_loss``);
 - ``loss/<method>/<input>[/graph]``: each distillation stage loss (``msa_awmse`` and the seven
-  baselines) on the inputs below, in PyNative, and in GRAPH_MODE for a subset.
+  baselines) on the inputs below, in PyNative, and in GRAPH_MODE for a subset;
+  ``loss/msa_awmse/<input>/<variant>[/graph]``: the method with ``l2_map``, ``l2-off``
+  (``normalize``) and ``awmse-batch`` (``awmse_reduce: batch``).
 - ``loss/msa_awmse_out/<input>[/<variant>][/graph]``: the output-map term of
   ``method.out_weight`` (``OutputMapLoss``) on its own, from teacher and student logits
   (``3 *`` the inputs' one-channel features), value and gradient of the student's logits;
@@ -661,6 +663,7 @@ def loss_cases() -> list[Case]:
     rows = [(m, None) for m in LOSS_METHODS] + [
         ("msa_awmse", {"normalize": "l2_map", "tag": "l2_map"}),
         ("msa_awmse", {"normalize": "none", "tag": "l2-off"}),
+        ("msa_awmse", {"awmse_reduce": "batch", "tag": "awmse-batch"}),
     ]
     for method, variant in rows:
         tag = f"/{variant['tag']}" if variant else ""

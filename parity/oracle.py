@@ -311,6 +311,7 @@ def awmse(
     alpha: float = 1.0,
     beta: float = 0.5,
     eps: float = 1e-6,
+    reduce: str = "image",
 ) -> float:
     """Adaptive weighted MSE (DESIGN.md 2.4).
 
@@ -326,12 +327,19 @@ def awmse(
         alpha: Total weight of the target region per image.
         beta: Total weight of the background per image.
         eps: Guard of the region sums.
+        reduce: ``image`` as above; ``batch``: the region sums run over the whole batch,
+            ``w_fg = M R / (sum_bhw M R + eps)`` (likewise ``w_bg``), and
+            ``L = alpha sum_bhw w_fg d + beta sum_bhw w_bg d``.
     """
     m = _f64(m)
     r = _f64(r)
     d = ((_f64(t_hat) - _f64(s_hat)) ** 2).sum(axis=1, keepdims=True)
     m_fg = m * r
     m_bg = m * (1.0 - r)
+    if reduce == "batch":
+        w_fg = m_fg / (m_fg.sum() + eps)
+        w_bg = m_bg / (m_bg.sum() + eps)
+        return float(alpha * (w_fg * d).sum() + beta * (w_bg * d).sum())
     w_fg = m_fg / (m_fg.sum(axis=(2, 3), keepdims=True) + eps)
     w_bg = m_bg / (m_bg.sum(axis=(2, 3), keepdims=True) + eps)
     per_image = alpha * (w_fg * d).sum(axis=(1, 2, 3)) + beta * (w_bg * d).sum(axis=(1, 2, 3))
@@ -354,7 +362,8 @@ def msa_awmse_loss(
        :func:`l2_map_normalize`; ``none``: unchanged.
     3. ``R``: :func:`mask_to` of the mask when ``use_mask`` and a mask is given, else
        ``[M > 1]``.
-    4. ``awmse: True``: :func:`awmse` with ``alpha``, ``beta``, ``awmse_eps``; ``False``:
+    4. ``awmse: True``: :func:`awmse` with ``alpha``, ``beta``, ``awmse_eps``, ``awmse_reduce``;
+       ``False``:
        :func:`plain_mse` (``M``, ``R``, ``alpha``, ``beta`` unused).
 
     Args:
@@ -392,7 +401,7 @@ def msa_awmse_loss(
     else:
         m = np.ones((b, 1, h, w))
     r = mask_to(mask, h, w) if p["use_mask"] and mask is not None else (m > 1.0).astype(float)
-    return awmse(t_hat, s_hat, m, r, p["alpha"], p["beta"], p["awmse_eps"])
+    return awmse(t_hat, s_hat, m, r, p["alpha"], p["beta"], p["awmse_eps"], p["awmse_reduce"])
 
 
 def out_map_loss(

@@ -350,6 +350,7 @@ VARIANTS = {
     "beta": {"beta": 2.0},
     "use_mask_off": {"use_mask": False},
     "awmse_eps": {"awmse_eps": 5.0},
+    "awmse_reduce": {"awmse_reduce": "batch"},
 }
 
 

@@ -74,6 +74,8 @@ VARIANTS.update(
         ("msa_awmse", "l2_map"): {"normalize": "l2_map"},
         ("msa_awmse", "plain_mse_l2_map"): {"awmse": False, "normalize": "l2_map"},
         ("msa_awmse", "plain_mse"): {"awmse": False},
+        ("msa_awmse", "awmse_batch"): {"awmse_reduce": "batch"},
+        ("msa_awmse", "awmse_batch_no_mask"): {"awmse_reduce": "batch", "use_mask": False},
         ("msa_awmse", "plain_mse_l2_off"): {"awmse": False, "normalize": "none"},
         ("msa_awmse", "scale_3"): {"scales": [3]},
         ("msa_awmse", "scales_5_9"): {"scales": [5, 9]},
@@ -262,6 +264,29 @@ def test_awmse_region_weights_sum_to_alpha_beta():
     s = np.ones((2, 3, 4, 5)) / np.sqrt(3.0)  # d = 1 everywhere: the loss is the weight total
     val = o.awmse(t, s, m, r, alpha=2.0, beta=0.5, eps=1e-12)
     assert val == pytest.approx(((2.0 + 0.5) + 0.5) / 2, rel=1e-9)
+    # batch: the weights sum to alpha (beta) over the whole batch, not per image
+    val = o.awmse(t, s, m, r, alpha=2.0, beta=0.5, eps=1e-12, reduce="batch")
+    assert val == pytest.approx(2.0 + 0.5, rel=1e-9)
+
+
+def test_awmse_batch_weighs_every_target_pixel_alike():
+    """Per image, a one-pixel target's pixel weighs as much as a 4-pixel target's four
+    together; over the batch every target pixel weighs the same (uniform M)."""
+    m = np.ones((2, 1, 4, 4))
+    r = np.zeros((2, 1, 4, 4))
+    r[0, 0, 0, 0] = 1.0  # image 0: one target pixel
+    r[1, 0, :2, :2] = 1.0  # image 1: four
+    t = np.zeros((2, 1, 4, 4))
+    s = np.zeros((2, 1, 4, 4))
+    s[0, 0, 0, 0] = 1.0  # error on image 0's target pixel only: d = 1 there
+    per_image = o.awmse(t, s, m, r, alpha=1.0, beta=0.0, eps=1e-12)
+    batch = o.awmse(t, s, m, r, alpha=1.0, beta=0.0, eps=1e-12, reduce="batch")
+    assert per_image == pytest.approx(0.5, rel=1e-9)  # (1 + 0) / 2 images
+    assert batch == pytest.approx(1.0 / 5.0, rel=1e-9)  # 1 of 5 target pixels
+    # identical images: the two reductions agree
+    m2, r2 = np.repeat(m[:1], 2, 0), np.repeat(r[1:], 2, 0)
+    t2, s2 = np.zeros((2, 1, 4, 4)), np.full((2, 1, 4, 4), 0.3)
+    assert o.awmse(t2, s2, m2, r2, reduce="batch") == pytest.approx(o.awmse(t2, s2, m2, r2))
 
 
 def test_out_map_loss_by_hand():

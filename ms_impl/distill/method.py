@@ -169,6 +169,7 @@ def awmse(
     alpha: float = 1.0,
     beta: float = 0.5,
     eps: float = 1e-6,
+    reduce: str = "image",
 ) -> Tensor:
     """Adaptive weighted MSE between two (normalised) features.
 
@@ -181,14 +182,20 @@ def awmse(
         beta: Weight of the background (its weights sum to ``beta`` per image).
         eps: Guard of the region sums (an image without target contributes its background
             term only).
+        reduce: ``image`` (above) or ``batch``: the region sums run over the whole batch and
+            the loss is ``alpha * sum_bhw w_fg * d + beta * sum_bhw w_bg * d``.
 
     Returns:
-        Scalar ``mean_b(alpha * sum_hw w_fg * d + beta * sum_hw w_bg * d)``.
+        Scalar ``mean_b(alpha * sum_hw w_fg * d + beta * sum_hw w_bg * d)`` (``image``).
     """
     diff = t_hat - s_hat
     d = ops.sum(diff * diff, 1, True)
     m_fg = m * region
     m_bg = m * (1.0 - region)
+    if reduce == "batch":
+        w_fg = m_fg / (ops.sum(m_fg) + eps)
+        w_bg = m_bg / (ops.sum(m_bg) + eps)
+        return alpha * ops.sum(w_fg * d) + beta * ops.sum(w_bg * d)
     w_fg = m_fg / (ops.sum(m_fg, (2, 3), True) + eps)
     w_bg = m_bg / (ops.sum(m_bg, (2, 3), True) + eps)
     per_image = alpha * ops.sum(w_fg * d, (1, 2, 3)) + beta * ops.sum(w_bg * d, (1, 2, 3))
@@ -243,8 +250,8 @@ class MSAAWMSELoss(nn.Cell):
             the loss has no parameters).
         params: Overrides of :data:`MSA_AWMSE_DEFAULTS` (``msa``, ``scales``, ``fusion``,
             ``tau``, ``on_student``, ``msa_eps``, ``msa_border``, ``normalize``, ``l2_eps``,
-            ``awmse``, ``alpha``, ``beta``, ``use_mask``, ``awmse_eps``); build them from a
-            config with :func:`msa_awmse_params`.
+            ``awmse``, ``alpha``, ``beta``, ``use_mask``, ``awmse_eps``, ``awmse_reduce``);
+            build them from a config with :func:`msa_awmse_params`.
 
     Raises:
         ValueError: An unknown parameter or an invalid value.
@@ -268,6 +275,7 @@ class MSAAWMSELoss(nn.Cell):
         self.beta = float(p["beta"])
         self.use_mask = bool(p["use_mask"])
         self.awmse_eps = float(p["awmse_eps"])
+        self.awmse_reduce = str(p["awmse_reduce"])
 
     def attention(self, t: Tensor, s: Tensor | None = None) -> Tensor:
         """The attention map ``M`` (B, 1, H, W) this loss uses (no gradient)."""
@@ -301,7 +309,9 @@ class MSAAWMSELoss(nn.Cell):
             region = mask_to(ops.stop_gradient(mask), t.shape[2], t.shape[3])
         else:
             region = ops.cast(m > 1.0, m.dtype)
-        return awmse(t_hat, s_hat, m, region, self.alpha, self.beta, self.awmse_eps)
+        return awmse(
+            t_hat, s_hat, m, region, self.alpha, self.beta, self.awmse_eps, self.awmse_reduce
+        )
 
 
 class OutputMapLoss(nn.Cell):
