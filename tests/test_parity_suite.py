@@ -122,8 +122,14 @@ def test_catches_a_wrong_l2_eps(monkeypatch):
     right = mm.l2_normalize
     monkeypatch.setattr(mm, "l2_normalize", lambda x, eps=1e-6: right(x, eps * 100))
     failed, _ = _failed(loss_cases(), ["method/l2/", "loss/msa_awmse/tiny"])
-    # the guard only matters below the eps: the tiny features, and the zero vector's gradient
-    assert failed == ["loss/msa_awmse/tiny", "method/l2/tiny", "method/l2/zeros"]
+    # the guard only matters below the eps: the tiny features (with the per-pixel L2, so not
+    # the l2_map / l2-off variants), and the zero vector's gradient
+    assert failed == [
+        "loss/msa_awmse/tiny",
+        "loss/msa_awmse/tiny/awmse-batch",
+        "method/l2/tiny",
+        "method/l2/zeros",
+    ]
 
 
 def test_catches_a_wrong_pooling_count(monkeypatch):
