@@ -20,25 +20,18 @@ import json
 import sys
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from msa_probe import _inputs  # noqa: E402
+from size_breakdown import BUCKETS, bucket_name, targets_by_area  # noqa: E402
 
 from irkd.data import IRSTDDataset  # noqa: E402
 from parity.oracle import msa_map  # noqa: E402
 from torch_ref.distill.method import mask_to  # noqa: E402
 from torch_ref.predict import load_network, read_weights  # noqa: E402
-
-BUCKETS = ((1, 9), (10, 29), (30, 79), (80, 10**9))
-
-
-def _bucket(area: int) -> str:
-    lo, hi = next((lo, hi) for lo, hi in BUCKETS if lo <= area <= hi)
-    return f">={lo} px" if hi >= 10**9 else f"{lo}-{hi} px"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -77,17 +70,15 @@ def main(argv: list[str] | None = None) -> int:
         acc: dict[str, list[np.ndarray]] = {}
         for feat, r in zip(feats, regions, strict=True):
             m = msa_map(feat, scales, "mean", a.tau, 1e-6, border=a.border)[0, 0]
-            n, labels = cv2.connectedComponents(r.astype(np.uint8), connectivity=8)
-            for k in range(1, n):
-                comp = labels == k
-                acc.setdefault(_bucket(int(comp.sum())), []).append(m[comp])
+            for name, comp in targets_by_area(r):
+                acc.setdefault(name, []).append(m[comp])
         key = ",".join(str(k) for k in scales)
         results[key] = {}
         print(f"\nscales {key} (stage {a.stage}, tau {a.tau}, border {a.border}):")
         print("| target area | targets | mean M on target pixels | pixels with M > 1 |")
         print("| --- | --- | --- | --- |")
-        for lo, _hi in BUCKETS:
-            name = _bucket(lo)
+        for lo, hi in BUCKETS:
+            name = bucket_name(lo, hi)
             vals = acc.get(name, [])
             if not vals:
                 continue

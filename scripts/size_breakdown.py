@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
@@ -27,7 +28,8 @@ import torch
 
 from irkd.data import IRSTDDataset
 from irkd.data.loader import split_train_val
-from torch_ref.predict import load_network, predict_probs, read_weights
+from irkd.evaluate import predict_split
+from torch_ref.predict import forward_fn, load_network, read_weights
 
 BUCKETS = ((1, 9), (10, 29), (30, 79), (80, 10**9))
 
@@ -37,25 +39,32 @@ def bucket_name(lo: int, hi: int) -> str:
     return f">={lo} px" if hi >= 10**9 else f"{lo}-{hi} px"
 
 
+def targets_by_area(region: np.ndarray) -> Iterator[tuple[str, np.ndarray]]:
+    """Yield ``(bucket name, component mask)`` for each target (8-connected) of ``region``."""
+    n, labels = cv2.connectedComponents(region.astype(np.uint8), connectivity=8)
+    for k in range(1, n):
+        comp = labels == k
+        area = int(comp.sum())
+        yield next(bucket_name(lo, hi) for lo, hi in BUCKETS if lo <= area <= hi), comp
+
+
 def breakdown(weights: str, ds: IRSTDDataset) -> dict[str, dict[str, float]]:
     """Pixel counts and hit rates per target-area bucket for one weights file."""
     net = load_network(None, weights)
     _, info = read_weights(weights)
     out = {bucket_name(lo, hi): {"tp": 0, "fn": 0, "targets": 0, "hit": 0} for lo, hi in BUCKETS}
     fp = 0
-    for id_, prob in predict_probs(net, ds, float(info["mean"]), float(info["std"])):
-        gt = ds.load(id_).mask > 0
+    net.eval()
+    mean, std = float(info["mean"]), float(info["std"])
+    for _id, prob, mask in predict_split(ds, forward_fn(net), mean=mean, std=std):
+        gt = mask > 0
         pred = prob > 0.5
         fp += int((pred & ~gt).sum())
-        n, labels = cv2.connectedComponents(gt.astype(np.uint8), connectivity=8)
-        for k in range(1, n):
-            comp = labels == k
-            area = int(comp.sum())
-            name = next(bucket_name(lo, hi) for lo, hi in BUCKETS if lo <= area <= hi)
+        for name, comp in targets_by_area(gt):
             tp = int((pred & comp).sum())
             row = out[name]
             row["tp"] += tp
-            row["fn"] += area - tp
+            row["fn"] += int(comp.sum()) - tp
             row["targets"] += 1
             row["hit"] += int(tp > 0)
     tp_all = sum(r["tp"] for r in out.values())
