@@ -58,10 +58,18 @@ ENV = {
 }
 
 
+MORE = {**TEACHER, "name": "more", "optim": {"lr": 1e-7}, "schedule": {"epochs": 1, "min_lr": 0.0}}
+"""A second teacher step: the teacher trained further from its best weights."""
+
+
 def write_study(folder: Path, study: dict | None = None, student: dict | None = None) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "student.yaml").write_text(yaml.safe_dump(student or STUDENT))
     (folder / "teacher.yaml").write_text(yaml.safe_dump(TEACHER))
+    (folder / "more.yaml").write_text(yaml.safe_dump(MORE))
+    (folder / "wide.yaml").write_text(yaml.safe_dump({**MORE, "model": {"name": "dnanet_xs"}}))
+    started = {**MORE, "model": {"name": "dnanet_xxs", "checkpoint": "w.safetensors"}}
+    (folder / "started.yaml").write_text(yaml.safe_dump(started))
     path = folder / "study.yaml"
     text = study if isinstance(study, str) else yaml.safe_dump(study or STUDY, sort_keys=False)
     path.write_text(text)
@@ -135,6 +143,23 @@ BAD = [
     (
         _with(datasets__syn__teacher=KeyError),
         f"methods.msa_awmse.overrides (dataset syn): {TEACHERLESS}",
+    ),
+    (_with(datasets__syn__teacher=[]), "datasets.syn.teacher: expected a config path or a"),
+    (
+        _with(datasets__syn__teacher=["teacher.yaml", "no.yaml"]),
+        "datasets.syn.teacher[1]: config file no.yaml not found",
+    ),
+    (
+        _with(datasets__syn__teacher=["teacher.yaml", "student.yaml"]),
+        "student.yaml distills (msa_awmse); a teacher trains alone",
+    ),
+    (
+        _with(datasets__syn__teacher=["teacher.yaml", "wide.yaml"]),
+        "datasets.syn.teacher[1]: trains dnanet_xs , the step before it dnanet_xxs",
+    ),
+    (
+        _with(datasets__syn__teacher=["teacher.yaml", "started.yaml"]),
+        "datasets.syn.teacher[1]: sets model.checkpoint (w.safetensors); a later teacher",
     ),
 ]
 
@@ -222,6 +247,68 @@ def test_grid_expansion_winner_and_shared_runs(tmp_path):
     same = apply_overrides(cfg, ["method.msa.tau=0.5", "name=other", "train.graph_mode=true"])
     assert config_hash(same, teacher) == config_hash(cfg, teacher) == main0.rsplit("-", 1)[1]
     assert config_hash(apply_overrides(cfg, ["method.msa.tau=0.25"]), teacher) not in main0
+
+
+def test_a_teacher_in_steps_starts_each_step_from_the_last_and_distils_from_the_final(tmp_path):
+    one = validate_study(load_study(write_study(tmp_path / "one")), tmp_path / "W")
+    path = write_study(tmp_path, _with(datasets__syn__teacher=["teacher.yaml", "more.yaml"]))
+    study = load_study(path)
+    root = tmp_path / "W" / "tiny"
+    plan = validate_study(study, root)
+    first, final = list(plan.runs)[:2]
+    # the first step is the one-step study's teacher, same id: its run folder can be shared
+    assert first == one.teachers["syn"] and first.startswith("syn-teacher-")
+    assert final.startswith("syn-teacher2-") and plan.teachers["syn"] == final
+    assert plan.runs[first].roles == ["teacher/step1"] and plan.runs[final].roles == ["teacher"]
+    step2 = plan.runs[final]
+    assert step2.mode == "train" and step2.teacher == first and step2.cfg.teacher is None
+    assert step2.cfg.model.checkpoint == str(root / first / "best.safetensors")
+    assert (step2.cfg.optim.lr, step2.cfg.schedule.epochs) == (1e-7, 1)
+    assert plan.runs[first].cfg.model.checkpoint is None and plan.runs[first].teacher is None
+    d0 = plan.runs[plan.cells[("syn", "methods", "msa_awmse", 0)]]
+    assert d0.teacher == final and d0.cfg.teacher.checkpoint == str(
+        root / final / "best.safetensors"
+    )
+    # ids do not depend on where the runs live; they do on the step before
+    assert list(validate_study(study, tmp_path / "elsewhere").runs) == list(plan.runs)
+    assert config_hash(step2.cfg, None, first) == final.rsplit("-", 1)[1]
+    assert config_hash(step2.cfg, None, "syn-teacher-00000000") not in final
+
+    # the runner: step 2 waits on step 1, whose weights stay needed until step 2 is done
+    runner = StudyRunner(study, Options(runs_dir=tmp_path / "W", results_dir=tmp_path / "R"))
+    lines = {line.split()[0]: line for line in runner.describe()}
+    assert f"waiting on teacher {first}" in lines[final] and "pending" in lines[first]
+    assert f"waiting on teacher {final}" in lines[d0.id]
+    (root / first).mkdir(parents=True)
+    (root / first / "metrics.json").write_text(json.dumps({"best_val": 0.1, "last": {}}))
+    assert runner.needs_weights(first, runner.plan)
+    (root / first / "best.safetensors").write_bytes(b"x")
+    lines = {line.split()[0]: line for line in runner.describe()}
+    assert lines[first].split()[2] == "done" and "pending" in lines[final]
+
+
+@pytest.mark.slow  # two real teacher runs in subprocesses
+def test_a_teacher_in_steps_trains_step_two_from_step_one(tmp_path, cache):
+    path = write_study(tmp_path, _with(datasets__syn__teacher=["teacher.yaml", "more.yaml"]))
+    cmd = study_cmd(path, tmp_path, cache, "--only", "syn-teacher*")
+    res = subprocess.run(cmd, capture_output=True, text=True, env=ENV, cwd=tmp_path, timeout=600)
+    assert res.returncode == 0, res.stdout + res.stderr
+    first, final = sorted((tmp_path / "W" / "tiny").glob("syn-teacher*"))
+    assert first.name.startswith("syn-teacher-") and final.name.startswith("syn-teacher2-")
+    assert res.stdout.index(f"start {first.name}") < res.stdout.index(f"start {final.name}")
+    assert (final / "metrics.json").is_file()
+    cfg = yaml.safe_load((final / "config.yaml").read_text())
+    assert cfg["model"]["checkpoint"] == str(first / "best.safetensors")
+    # step 2 started from step 1's weights: at lr 1e-7 its weights end where step 1's best
+    # are (AdamW moves each by at most ~lr a step); a fresh network, or step 1 trained at lr
+    # 0.05, would be 1e-2 and more away
+    from irkd.weights import load_neutral
+
+    w1 = load_neutral(first / "best.safetensors")[0]
+    w2 = load_neutral(final / "checkpoints" / "last" / "student.safetensors")[0]
+    keys = [k for k in w1 if w1[k].size and not k.rsplit(".", 1)[-1].startswith(("running", "num"))]
+    assert len(keys) > 10
+    assert max(float(abs(w1[k] - w2[k]).max()) for k in keys) < 1e-5
 
 
 def test_dry_run_statuses_and_only(tmp_path, capsys):

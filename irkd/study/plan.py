@@ -53,7 +53,8 @@ class RunSpec:
         dataset: Dataset key.
         mode: ``train`` or ``distill`` (the ``irkd`` subcommand).
         cfg: The resolved config.
-        teacher: Run id of the teacher it needs (distillation), else None.
+        teacher: Run id of the run whose weights it needs before it starts: the teacher of
+            a distillation run, the previous step of a teacher trained in steps; else None.
         roles: What the run stands for (``teacher``, ``methods/<row>/s<seed>``,
             ``tuning/<row>/<combination>``...), several when shared.
     """
@@ -187,13 +188,14 @@ def _changes(value: Any, default: Any) -> Any:
     return _SAME if value == default else value
 
 
-def config_hash(cfg: ExperimentConfig, teacher_id: str | None) -> str:
+def config_hash(cfg: ExperimentConfig, teacher_id: str | None, init_id: str | None = None) -> str:
     """Eight hex digits identifying a resolved config.
 
     The hash covers the values that differ from :mod:`irkd.config`'s defaults (so adding a
     config field with a default keeps every run id), without ``name``, and with the
-    teacher's checkpoint replaced by the teacher's run id (ids do not depend on where the
-    runs live).
+    teacher's checkpoint replaced by the teacher's run id, and a teacher step's starting
+    weights (``model.checkpoint``) by the previous step's run id ``init_id`` (ids do not
+    depend on where the runs live).
     """
     data = config_to_dict(cfg)
     data.pop("name", None)
@@ -202,6 +204,8 @@ def config_hash(cfg: ExperimentConfig, teacher_id: str | None) -> str:
         defaults["teacher"] = config_to_dict(NetConfig())
         if teacher_id is not None:
             data["teacher"]["checkpoint"] = f"run:{teacher_id}"
+    if init_id is not None:
+        data["model"]["checkpoint"] = f"run:{init_id}"
     changes = _changes(data, defaults)
     text = json.dumps({} if changes is _SAME else changes, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:8]
@@ -306,15 +310,18 @@ def build_plan(study: Study, runs_root: Path, done_val: Mapping[str, float | Non
     plan = Plan()
     by_hash: dict[str, str] = {}
 
-    def add(ds: str, cfg: ExperimentConfig, teacher: str | None, role: str) -> str:
-        h = config_hash(cfg, teacher)
+    def add(
+        ds: str, cfg: ExperimentConfig, teacher: str | None, role: str, init: str | None = None
+    ) -> str:
+        h = config_hash(cfg, teacher, init)
         if h in by_hash:
             run_id = by_hash[h]
             plan.runs[run_id].roles.append(role)
             return run_id
         run_id = f"{cfg.name}-{h}"
         mode = "distill" if is_distill(cfg) else "train"
-        plan.runs[run_id] = RunSpec(run_id, cfg.name, ds, mode, cfg, teacher, [role])
+        # a teacher step waits on the step before it as a distillation run on its teacher
+        plan.runs[run_id] = RunSpec(run_id, cfg.name, ds, mode, cfg, teacher or init, [role])
         by_hash[h] = run_id
         return run_id
 
@@ -330,10 +337,20 @@ def build_plan(study: Study, runs_root: Path, done_val: Mapping[str, float | Non
 
     for ds in study.datasets:
         tcfg = study.teachers[ds]
-        if tcfg is not None:
-            tcfg = copy.deepcopy(tcfg)
-            tcfg.name = f"{ds}-teacher"
-            plan.teachers[ds] = add(ds, tcfg, None, "teacher")
+        if tcfg is None:
+            continue
+        # a teacher in steps: <ds>-teacher (the first step), <ds>-teacher2, ... each from the
+        # previous step's best weights; a one-step teacher keeps its name and id
+        init: str | None = None
+        chain = [*study.teacher_steps.get(ds, []), tcfg]
+        for k, step_cfg in enumerate(chain):
+            step_cfg = copy.deepcopy(step_cfg)
+            step_cfg.name = f"{ds}-teacher" if k == 0 else f"{ds}-teacher{k + 1}"
+            if init is not None:
+                step_cfg.model.checkpoint = str(runs_root / init / "best.safetensors")
+            role = "teacher" if k == len(chain) - 1 else f"teacher/step{k + 1}"
+            init = add(ds, step_cfg, None, role, init)
+            plan.teachers[ds] = init
 
     grids = study.tuning.grids if study.tuning else {}
     winners: dict[tuple[str, str], tuple[str, ...] | None] = {}

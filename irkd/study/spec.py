@@ -47,12 +47,16 @@ class DatasetSpec:
         student: Base config of every student run.
         teacher: The teacher's config (trained once), or None when no row distills.
         overrides: ``key=value`` items applied to every student run of this dataset.
+        teacher_steps: Configs trained before ``teacher``, in order (``teacher: [a, b, c]``
+            in the study file: ``a`` from its own start, ``b`` from ``a``'s best weights,
+            ``teacher`` = ``c`` from ``b``'s); empty for a teacher trained in one run.
     """
 
     name: str
     student: Path
     teacher: Path | None
     overrides: tuple[str, ...] = ()
+    teacher_steps: tuple[Path, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -108,6 +112,8 @@ class Study:
         tuning: The tuning section, or None.
         students: Dataset -> student base config (dataset overrides applied).
         teachers: Dataset -> teacher config (None when the dataset has none).
+        teacher_steps: Dataset -> the configs of the teacher's earlier steps (see
+            :class:`DatasetSpec`), in order.
     """
 
     path: Path
@@ -121,6 +127,7 @@ class Study:
     tuning: Tuning | None
     students: dict[str, ExperimentConfig] = field(default_factory=dict)
     teachers: dict[str, ExperimentConfig | None] = field(default_factory=dict)
+    teacher_steps: dict[str, list[ExperimentConfig]] = field(default_factory=dict)
 
     def rows(self) -> list[Row]:
         """Every row, main table first."""
@@ -210,11 +217,18 @@ def _datasets(path: Path, raw: Any) -> dict[str, DatasetSpec]:
         if "student" not in body:
             raise _err(path, f"{key}.student", "missing (the base config of every student run)")
         teacher = body.get("teacher")
+        if isinstance(teacher, list):  # a teacher trained in steps, each from the last one
+            if not teacher:
+                raise _err(path, f"{key}.teacher", "expected a config path or a non-empty list")
+            steps = [_file(path, f"{key}.teacher[{i}]", t) for i, t in enumerate(teacher)]
+        else:
+            steps = [] if teacher is None else [_file(path, f"{key}.teacher", teacher)]
         out[ds] = DatasetSpec(
             name=ds,
             student=_file(path, f"{key}.student", body["student"]),
-            teacher=None if teacher is None else _file(path, f"{key}.teacher", teacher),
+            teacher=steps[-1] if steps else None,
             overrides=_str_list(path, f"{key}.overrides", body.get("overrides")),
+            teacher_steps=tuple(steps[:-1]),
         )
     return out
 
@@ -307,19 +321,38 @@ def _load_configs(study: Study) -> None:
             study.students[ds] = apply_overrides(base, list(spec.overrides))
         except ConfigError as exc:
             raise study.fail(f"{key}.overrides", str(exc)) from None
-        teacher = None
-        if spec.teacher is not None:
+        chain = [*spec.teacher_steps, *([spec.teacher] if spec.teacher else [])]
+        loaded: list[ExperimentConfig] = []
+        for i, path in enumerate(chain):
+            tkey = f"{key}.teacher[{i}]" if spec.teacher_steps else f"{key}.teacher"
             try:
-                teacher = load_config(spec.teacher)
+                teacher = load_config(path)
             except ConfigError as exc:
-                raise study.fail(f"{key}.teacher", str(exc)) from None
+                raise study.fail(tkey, str(exc)) from None
             if is_distill(teacher):
                 raise study.fail(
-                    f"{key}.teacher",
-                    f"{spec.teacher} distills ({teacher.method.name}); a teacher trains alone: "
+                    tkey,
+                    f"{path} distills ({teacher.method.name}); a teacher trains alone: "
                     "set method.name: none or teacher: null in it",
                 )
-        study.teachers[ds] = teacher
+            if loaded:
+                prev = loaded[-1].model
+                if (teacher.model.name, teacher.model.kwargs) != (prev.name, prev.kwargs):
+                    raise study.fail(
+                        tkey,
+                        f"trains {teacher.model.name} {teacher.model.kwargs or ''}, the step "
+                        f"before it {prev.name} {prev.kwargs or ''}: each step starts from the "
+                        "previous one's weights, so every step trains the same network",
+                    )
+                if teacher.model.checkpoint is not None:
+                    raise study.fail(
+                        tkey,
+                        f"sets model.checkpoint ({teacher.model.checkpoint}); a later teacher "
+                        "step starts from the previous step's best weights: remove it",
+                    )
+            loaded.append(teacher)
+        study.teachers[ds] = loaded[-1] if loaded else None
+        study.teacher_steps[ds] = loaded[:-1]
 
 
 def load_study(path: str | Path) -> Study:
