@@ -327,37 +327,65 @@ def verdicts(rows: Sequence[Mapping[str, Any]]) -> dict[str, str]:
     return out
 
 
+PLOT_FLOOR_POINTS = 15.0
+"""How far below the teacher the plot's IoU axis reaches; rows under it sit on the floor."""
+
+
+def _load_text(load: Mapping[str, Any]) -> str:
+    """``part 1-min load before -> after`` for the title, from ``{part: [before, after]}``."""
+    parts = []
+    for part, pair in load.items():
+        try:
+            parts.append(f"{part} {float(pair[0][0]):.1f} -> {float(pair[1][0]):.1f}")
+        except (TypeError, IndexError, ValueError):
+            continue
+    return ", ".join(parts)
+
+
 def plot_pareto(result: Mapping[str, Any], path: str | os.PathLike[str]) -> Path:
-    """Test IoU against median latency, one colour per runtime, teacher drawn as a star."""
+    """Test IoU against median latency, one colour per runtime, teacher drawn as a star.
+
+    The IoU axis spans the teacher's figure minus :data:`PLOT_FLOOR_POINTS` to the best row;
+    a row below that (a failed ablation) is drawn on the floor as a triangle labelled with its
+    IoU, so that it does not squeeze the rows that matter into a band.
+    """
     from irkd.study.plots import _figure, _save
 
     fig = _figure((8.0, 5.0))
     ax = fig.add_subplot(1, 1, 1)
     runtimes = list(dict.fromkeys(r["runtime"] for r in result["rows"]))
     colours = {rt: f"C{i % 10}" for i, rt in enumerate(runtimes)}
+    teacher_iou = next((100 * m["iou"] for m in result["models"] if m["label"] == "teacher"), None)
+    shown = [100 * r["iou"] for r in result["rows"] if r["iou"] is not None]
+    floor = None if teacher_iou is None else teacher_iou - PLOT_FLOOR_POINTS
     for r in result["rows"]:
         if r["iou"] is None:
             continue
+        iou = 100 * r["iou"]
+        below = floor is not None and iou < floor
         ax.scatter(
             r["median_ms"],
-            100 * r["iou"],
+            floor if below else iou,
             color=colours[r["runtime"]],
-            marker="*" if r["model"] == "teacher" else "o",
+            marker="*" if r["model"] == "teacher" else ("v" if below else "o"),
             s=120 if r["model"] == "teacher" else 40,
         )
-        ax.annotate(r["model"], (r["median_ms"], 100 * r["iou"]), fontsize=6,
+        label = f"{r['model']} ({iou:.1f}%)" if below else r["model"]
+        ax.annotate(label, (r["median_ms"], floor if below else iou), fontsize=6,
                     xytext=(3, 3), textcoords="offset points")  # fmt: skip
     for rt in runtimes:
         ax.scatter([], [], color=colours[rt], label=rt)
-    teacher_iou = next((100 * m["iou"] for m in result["models"] if m["label"] == "teacher"), None)
-    if teacher_iou is not None:
+    if teacher_iou is not None and floor is not None:
         ax.axhline(teacher_iou - GOAL_IOU_POINTS, color="grey", ls=":", lw=1,
                    label=f"teacher - {GOAL_IOU_POINTS:g} point")  # fmt: skip
+        top = max([teacher_iou, *shown])
+        ax.set_ylim(floor - 1.0, top + 2.0)
     ax.set_xscale("log")
     ax.set_xlabel("latency, batch 1, 1x1x256x256 (median ms, log scale)")
     ax.set_ylabel("test IoU (%)")
-    load = result.get("load", {})
-    ax.set_title(f"{result.get('dataset', '')}: latency vs test IoU (load {load})", fontsize=8)
+    load = _load_text(result.get("load") or {})
+    title = f"{result.get('dataset', '')}: latency vs test IoU"
+    ax.set_title(f"{title} (1-min load {load})" if load else title, fontsize=8)
     ax.legend(fontsize=7)
     return _save(fig, Path(path))
 

@@ -124,6 +124,36 @@ def test_plot_writes_a_png(tmp_path):
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_plot_keeps_a_failed_row_on_the_floor_and_names_the_load(tmp_path, monkeypatch):
+    import matplotlib.axes
+
+    seen = {}
+    axes = matplotlib.axes.Axes
+    real_ylim, real_title = axes.set_ylim, axes.set_title
+
+    def set_ylim(ax, *a, **k):
+        seen["ylim"] = a
+        return real_ylim(ax, *a, **k)
+
+    def set_title(ax, t, **k):
+        seen["title"] = t
+        return real_title(ax, t, **k)
+
+    monkeypatch.setattr(axes, "set_ylim", set_ylim)
+    monkeypatch.setattr(axes, "set_title", set_title)
+    rows = [
+        {"runtime": "r", "model": "teacher", "median_ms": 10.0, "iou": 0.64},
+        {"runtime": "r", "model": "fitnet", "median_ms": 3.0, "iou": 0.66},
+        {"runtime": "r", "model": "l2_off", "median_ms": 3.0, "iou": 0.177},
+    ]
+    load = {"jetson": [[3.38, 2.2, 2.8], [4.86, 3.6, 3.2]], "ascend": "bad"}
+    result = {"rows": rows, "models": [{"label": "teacher", "iou": 0.64}], "load": load}
+    pareto.plot_pareto({**result, "dataset": "nudt"}, tmp_path / "p.png")
+    low, high = seen["ylim"]
+    assert low == pytest.approx(64 - pareto.PLOT_FLOOR_POINTS - 1) and high == pytest.approx(68)
+    assert seen["title"] == "nudt: latency vs test IoU (1-min load jetson 3.4 -> 4.9)"
+
+
 @pytest.mark.parametrize("network", ["dnanet_xxs", "unet_s"])
 def test_torch_fold_batchnorm_keeps_outputs(network):
     torch = pytest.importorskip("torch")
