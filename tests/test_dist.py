@@ -141,6 +141,22 @@ def _assert_equivalent(one: Path, two: Path) -> None:
     assert any(np.any(init[k] != 0) for k in init)
 
 
+def _assert_cut_and_resumed_equals(cfg: Path, backend: str, straight: Path, tmp: Path) -> None:
+    """Run ``cfg`` for 1 epoch on 2 processes, resume it to 2 epochs, and check that it equals
+    the straight 2-epoch, 2-process run ``straight`` bit for bit (weights, every loss)."""
+    cut = tmp / "cut"
+    first = ["train", str(cfg), "schedule.epochs=1", "--out", str(cut)]
+    _run_ok(first, backend, 2, tmp / "l-cut")
+    assert json.loads((cut / "checkpoints/last/state.json").read_text())["epoch"] == 1
+    resume = ["train", "--resume", "--out", str(cut), "schedule.epochs=2"]
+    _run_ok(resume, backend, 2, tmp / "l-resume")
+    a, b = _student(straight), _student(cut)
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+    assert _losses(straight) == _losses(cut)
+    assert json.loads((cut / "metrics.json").read_text())["last_epoch"] == 2
+
+
 @pytest.fixture(scope="module")
 def root(tmp_path_factory):
     return synthesize(tmp_path_factory.mktemp("dp") / "S", 16, seed=0, size=64, test_fraction=0.25)
@@ -350,17 +366,9 @@ def test_torchrun_per_rank_batchnorm_is_the_sharded_step(root, tmp_path):
 def test_torchrun_two_processes_resume_exactly(root, tmp_path):
     over = {"schedule": {"epochs": 2, "steps_per_epoch": 2, "scheduler": "constant"}}
     cfg = _config(tmp_path, root, "pytorch", train={"log_every": 1, "freeze_bn": False}, **over)
-    straight, cut = tmp_path / "straight", tmp_path / "cut"
+    straight = tmp_path / "straight"
     _run_ok(["train", str(cfg), "--out", str(straight)], "pytorch", 2, tmp_path / "l")
-    _run_ok(["train", str(cfg), "schedule.epochs=1", "--out", str(cut)], "pytorch", 2, tmp_path)
-    assert json.loads((cut / "checkpoints/last/state.json").read_text())["epoch"] == 1
-    resume = ["train", "--resume", "--out", str(cut), "schedule.epochs=2"]
-    _run_ok(resume, "pytorch", 2, tmp_path / "l2")
-    a, b = _student(straight), _student(cut)
-    for k in a:
-        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
-    assert _losses(straight) == _losses(cut)
-    assert json.loads((cut / "metrics.json").read_text())["last_epoch"] == 2
+    _assert_cut_and_resumed_equals(cfg, "pytorch", straight, tmp_path)
 
 
 @pytest.mark.slow  # test_torchrun_rank_1_failing_mid_run_stops_rank_0 stays fast
@@ -505,23 +513,14 @@ def test_msrun_two_processes_equal_one_and_resume_exactly(root, tmp_path):
     2-worker run serves both comparisons (each msrun launch is a graph compile per worker)."""
     over = {"schedule": {"epochs": 2, "steps_per_epoch": 2, "scheduler": "constant"}}
     cfg = _config(tmp_path, root, "mindspore", **over)
-    one, straight, cut = tmp_path / "one", tmp_path / "straight", tmp_path / "cut"
+    one, straight = tmp_path / "one", tmp_path / "straight"
     _run_ok(["train", str(cfg), "--out", str(one)], "mindspore", 1, tmp_path / "l0")
     out = _run_ok(["train", str(cfg), "--out", str(straight)], "mindspore", 2, tmp_path / "l1")
     _assert_equivalent(one, straight)
     workers = [(tmp_path / "l1" / f"worker_{r}.log").read_text() for r in (0, 1)]
     assert "dp on mindspore (2 processes, msrun)" in workers[0] and out
     assert "dp on mindspore" not in workers[1]
-    first = ["train", str(cfg), "schedule.epochs=1", "--out", str(cut)]
-    _run_ok(first, "mindspore", 2, tmp_path / "l2")
-    assert json.loads((cut / "checkpoints/last/state.json").read_text())["epoch"] == 1
-    resume = ["train", "--resume", "--out", str(cut), "schedule.epochs=2"]
-    _run_ok(resume, "mindspore", 2, tmp_path / "l3")
-    a, b = _student(straight), _student(cut)
-    for k in a:
-        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
-    assert _losses(straight) == _losses(cut)
-    assert json.loads((cut / "metrics.json").read_text())["last_epoch"] == 2
+    _assert_cut_and_resumed_equals(cfg, "mindspore", straight, tmp_path)
 
 
 @pytest.mark.slow
