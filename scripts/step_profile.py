@@ -41,6 +41,7 @@ import sys
 import tempfile
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -194,6 +195,45 @@ def batch(size: int, n: int) -> tuple[Any, Any]:
 # ----------------------------------------------------------------------------- MindSpore
 
 
+def timed_steps(
+    one: Callable[[], dict[str, float]], steps: int, perf: Path | None
+) -> tuple[list[dict[str, float]], dict[str, float]]:
+    """Time ``steps`` calls of ``one``, under ``perf record`` if asked.
+
+    Returns:
+        The calls' rows, and each thread's CPU seconds a step (threads that ran only).
+    """
+    tick0 = thread_ticks()
+    with PerfRecord(perf):
+        rows = [one() for _ in range(steps)]
+    ticks = {k: (v - tick0.get(k, 0)) / CLK / steps for k, v in thread_ticks().items()}
+    return rows, {k: v for k, v in ticks.items() if v}
+
+
+def result_head(
+    backend: str,
+    label: str,
+    first: float,
+    timed: tuple[list[dict[str, float]], dict[str, float]],
+    split: list[dict[str, float]],
+    prof_steps: list[dict[str, float]],
+    prof_wall: float,
+) -> dict[str, Any]:
+    """The fields both backends' results share (``timed``: :func:`timed_steps`' answer)."""
+    rows, ticks = timed
+    return {
+        "backend": backend,
+        "run": label,
+        "first_s": first,
+        "step_s": [r["step_s"] for r in rows],
+        "cpu_s": [r["cpu_s"] for r in rows],
+        "thread_cpu_s_per_step": ticks,
+        "split": split,
+        "profiled_steps": prof_steps,
+        "profiled_wall_s": prof_wall,
+    }
+
+
 def profile_mindspore(args: argparse.Namespace, weights: Path) -> dict[str, Any]:
     """Time and profile the MindSpore trainer (GRAPH_MODE); kernels from MindSpore's Profiler."""
     import mindspore as ms
@@ -257,11 +297,7 @@ def profile_mindspore(args: argparse.Namespace, weights: Path) -> dict[str, Any]
     for _ in range(args.warm - 1):
         one(False)
     graphs = len(ms_compile_cache)
-    tick0 = thread_ticks()
-    with PerfRecord(args.perf):
-        timed_rows = [one(False) for _ in range(args.steps)]
-    ticks = {k: (v - tick0.get(k, 0)) / CLK / args.steps for k, v in thread_ticks().items()}
-    timed = [r["step_s"] for r in timed_rows]
+    timed = timed_steps(lambda: one(False), args.steps, args.perf)
     split = [one(True) for _ in range(args.steps)] if trainer.distiller is not None else []
     recompiles = len(ms_compile_cache) - graphs
     out_dir = Path(tempfile.mkdtemp(prefix="ms-prof-"))
@@ -287,17 +323,9 @@ def profile_mindspore(args: argparse.Namespace, weights: Path) -> dict[str, Any]
     kernels.sort()
     n = args.prof
     out = {
-        "backend": "mindspore",
-        "run": label,
-        "first_s": first,
-        "step_s": timed,
-        "cpu_s": [r["cpu_s"] for r in timed_rows],
-        "thread_cpu_s_per_step": {k: v for k, v in ticks.items() if v},
+        **result_head("mindspore", label, first, timed, split, prof_steps, prof_wall),
         "graphs_compiled": graphs,
         "recompiles_while_timed": recompiles,
-        "split": split,
-        "profiled_steps": prof_steps,
-        "profiled_wall_s": prof_wall,
         **summarize(kernels, n),
         "phases": {},
         "threads_arg": args.threads,
@@ -376,11 +404,7 @@ def profile_pytorch(args: argparse.Namespace, weights: Path) -> dict[str, Any]:
     first = one()["step_s"]
     for _ in range(args.warm - 1):
         one()
-    tick0 = thread_ticks()
-    with PerfRecord(args.perf):
-        timed_rows = [one() for _ in range(args.steps)]
-    ticks = {k: (v - tick0.get(k, 0)) / CLK / args.steps for k, v in thread_ticks().items()}
-    timed = [r["step_s"] for r in timed_rows]
+    timed = timed_steps(one, args.steps, args.perf)
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
         t0 = time.perf_counter()
         prof_steps = [one() for _ in range(args.prof)]
@@ -393,15 +417,7 @@ def profile_pytorch(args: argparse.Namespace, weights: Path) -> dict[str, Any]:
         ops[e.key] = {"calls_per_step": e.count / n, "ms_per_step": e.self_cpu_time_total / 1e3 / n}
     ops = dict(sorted(ops.items(), key=lambda kv: -kv[1]["ms_per_step"]))
     return {
-        "backend": "pytorch",
-        "run": label,
-        "first_s": first,
-        "step_s": timed,
-        "cpu_s": [r["cpu_s"] for r in timed_rows],
-        "thread_cpu_s_per_step": {k: v for k, v in ticks.items() if v},
-        "split": [],
-        "profiled_steps": prof_steps,
-        "profiled_wall_s": prof_wall,
+        **result_head("pytorch", label, first, timed, [], prof_steps, prof_wall),
         "ops": ops,
         "kernel_ms_per_step": sum(v["ms_per_step"] for v in ops.values()),
         "threads": torch.get_num_threads(),
