@@ -60,6 +60,14 @@ ENV = {
 
 MORE = {**TEACHER, "name": "more", "optim": {"lr": 1e-7}, "schedule": {"epochs": 1, "min_lr": 0.0}}
 """A second teacher step: the teacher trained further from its best weights."""
+STEP2 = {
+    **STUDENT,
+    "name": "step2",
+    "data": {**TINY["data"], "crop": 64},
+    "optim": {"lr": 1e-7},
+    "schedule": {"epochs": 1, "min_lr": 0.0},
+}
+"""A second student step: each student trained further, on larger crops."""
 
 
 def write_study(folder: Path, study: dict | None = None, student: dict | None = None) -> Path:
@@ -70,6 +78,13 @@ def write_study(folder: Path, study: dict | None = None, student: dict | None = 
     (folder / "wide.yaml").write_text(yaml.safe_dump({**MORE, "model": {"name": "dnanet_xs"}}))
     started = {**MORE, "model": {"name": "dnanet_xxs", "checkpoint": "w.safetensors"}}
     (folder / "started.yaml").write_text(yaml.safe_dump(started))
+    for name, step in {
+        "step2": STEP2,
+        "step2_wide": {**STEP2, "model": {"name": "dnanet_xs"}},
+        "step2_started": {**STEP2, "model": {"name": "dnanet_xxs", "checkpoint": "w.safetensors"}},
+        "step2_teacher": {**STEP2, "teacher": {"name": "dnanet_xs"}},
+    }.items():
+        (folder / f"{name}.yaml").write_text(yaml.safe_dump(step))
     path = folder / "study.yaml"
     text = study if isinstance(study, str) else yaml.safe_dump(study or STUDY, sort_keys=False)
     path.write_text(text)
@@ -160,6 +175,30 @@ BAD = [
     (
         _with(datasets__syn__teacher=["teacher.yaml", "started.yaml"]),
         "datasets.syn.teacher[1]: sets model.checkpoint (w.safetensors); a later teacher",
+    ),
+    (_with(datasets__syn__student=[]), "datasets.syn.student: expected a config path or a"),
+    (
+        _with(datasets__syn__student=["student.yaml", "no.yaml"]),
+        "datasets.syn.student[1]: config file no.yaml not found",
+    ),
+    (
+        _with(datasets__syn__student=["student.yaml", "step2_wide.yaml"]),
+        "datasets.syn.student[1]: trains dnanet_xs , the first step dnanet_xxs",
+    ),
+    (
+        _with(datasets__syn__student=["student.yaml", "step2_started.yaml"]),
+        "datasets.syn.student[1]: sets model.checkpoint (w.safetensors); a later student",
+    ),
+    (
+        _with(datasets__syn__student=["student.yaml", "step2_teacher.yaml"]),
+        "datasets.syn.student[1]: names another teacher network than the first step",
+    ),
+    (
+        _with(
+            datasets__syn__student=["student.yaml", "step2.yaml"],
+            methods__x={"overrides": ["method.name=fitnet", "method.stages=[enc9]"]},
+        ),
+        "methods.x.overrides (dataset syn): method.stages: unknown stage 'enc9'",
     ),
 ]
 
@@ -261,7 +300,7 @@ def test_a_teacher_in_steps_starts_each_step_from_the_last_and_distils_from_the_
     assert final.startswith("syn-teacher2-") and plan.teachers["syn"] == final
     assert plan.runs[first].roles == ["teacher/step1"] and plan.runs[final].roles == ["teacher"]
     step2 = plan.runs[final]
-    assert step2.mode == "train" and step2.teacher == first and step2.cfg.teacher is None
+    assert step2.mode == "train" and step2.init == first and step2.teacher is None
     assert step2.cfg.model.checkpoint == str(root / first / "best.safetensors")
     assert (step2.cfg.optim.lr, step2.cfg.schedule.epochs) == (1e-7, 1)
     assert plan.runs[first].cfg.model.checkpoint is None and plan.runs[first].teacher is None
@@ -277,7 +316,7 @@ def test_a_teacher_in_steps_starts_each_step_from_the_last_and_distils_from_the_
     # the runner: step 2 waits on step 1, whose weights stay needed until step 2 is done
     runner = StudyRunner(study, Options(runs_dir=tmp_path / "W", results_dir=tmp_path / "R"))
     lines = {line.split()[0]: line for line in runner.describe()}
-    assert f"waiting on teacher {first}" in lines[final] and "pending" in lines[first]
+    assert f"waiting on step {first}" in lines[final] and "pending" in lines[first]
     assert f"waiting on teacher {final}" in lines[d0.id]
     (root / first).mkdir(parents=True)
     (root / first / "metrics.json").write_text(json.dumps({"best_val": 0.1, "last": {}}))
@@ -285,6 +324,73 @@ def test_a_teacher_in_steps_starts_each_step_from_the_last_and_distils_from_the_
     (root / first / "best.safetensors").write_bytes(b"x")
     lines = {line.split()[0]: line for line in runner.describe()}
     assert lines[first].split()[2] == "done" and "pending" in lines[final]
+
+
+def test_students_in_steps_start_each_step_from_the_last_and_learn_from_the_same_teacher_step(
+    tmp_path,
+):
+    steps2 = ["teacher.yaml", "more.yaml"]
+    # the first student steps are the runs of the study with one-step students and teacher
+    one = validate_study(load_study(write_study(tmp_path / "one")), tmp_path / "W")
+    path = write_study(
+        tmp_path,
+        _with(datasets__syn__teacher=steps2, datasets__syn__student=["student.yaml", "step2.yaml"]),
+    )
+    study = load_study(path)
+    root = tmp_path / "W" / "tiny"
+    plan = validate_study(study, root)
+    t1, t2 = plan.runs[plan.teachers["syn"]].init, plan.teachers["syn"]
+    assert t1 == one.teachers["syn"]
+    for row in ("student", "msa_awmse"):
+        for seed in (0, 1):
+            final = plan.runs[plan.cells[("syn", "methods", row, seed)]]
+            first = plan.runs[str(final.init)]
+            assert first.id == one.cells[("syn", "methods", row, seed)]
+            assert first.roles == [f"methods/{row}/s{seed}/step1"]
+            assert final.roles == [f"methods/{row}/s{seed}"]
+            assert final.label == f"syn-{row}-s{seed}-step2" and final.cfg.seed == seed
+            assert final.cfg.model.checkpoint == str(root / first.id / "best.safetensors")
+            assert first.cfg.model.checkpoint is None and first.init is None
+            assert (final.cfg.data.crop, final.cfg.optim.lr) == (64, 1e-7)
+            assert (first.cfg.data.crop, first.cfg.optim.lr) == (32, 0.05)
+            if row == "student":
+                assert final.teacher is first.teacher is None and final.needs == (first.id,)
+                continue
+            assert (first.teacher, final.teacher) == (t1, t2)
+            assert final.cfg.teacher.checkpoint == str(root / t2 / "best.safetensors")
+            assert final.cfg.method.name == "msa_awmse" and final.needs == (first.id, t2)
+            assert config_hash(final.cfg, t2, first.id) == final.id.rsplit("-", 1)[1]
+            assert config_hash(final.cfg, t2, "syn-x-00000000") not in final.id
+    # with a one-step teacher, every student step learns from it
+    flat = validate_study(
+        load_study(
+            write_study(
+                tmp_path / "flat", _with(datasets__syn__student=["student.yaml", "step2.yaml"])
+            )
+        ),
+        root,
+    )
+    d0 = flat.runs[flat.cells[("syn", "methods", "msa_awmse", 0)]]
+    assert d0.teacher == flat.runs[str(d0.init)].teacher == flat.teachers["syn"]
+
+    # the runner: step 2 waits on step 1 first, then on its teacher; step 1's weights stay
+    # needed until step 2 is done
+    runner = StudyRunner(study, Options(runs_dir=tmp_path / "W", results_dir=tmp_path / "R"))
+    s0 = plan.runs[plan.cells[("syn", "methods", "student", 0)]]
+    d0 = plan.runs[plan.cells[("syn", "methods", "msa_awmse", 0)]]
+    lines = {line.split()[0]: line for line in runner.describe()}
+    assert "pending" in lines[str(s0.init)] and f"waiting on step {s0.init}" in lines[s0.id]
+    assert f"waiting on step {d0.init}" in lines[d0.id]
+    for run_id in (str(d0.init), t1, t2):
+        (root / run_id).mkdir(parents=True)
+        (root / run_id / "metrics.json").write_text(json.dumps({"best_val": 0.1, "last": {}}))
+    assert runner.needs_weights(str(d0.init), runner.plan)
+    (root / str(d0.init) / "best.safetensors").write_bytes(b"x")
+    lines = {line.split()[0]: line for line in runner.describe()}
+    assert f"waiting on teacher {t2}" in lines[d0.id]
+    (root / t2 / "best.safetensors").write_bytes(b"x")
+    lines = {line.split()[0]: line for line in runner.describe()}
+    assert "pending" in lines[d0.id]
 
 
 @pytest.mark.slow  # two real teacher runs in subprocesses

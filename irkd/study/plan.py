@@ -53,10 +53,11 @@ class RunSpec:
         dataset: Dataset key.
         mode: ``train`` or ``distill`` (the ``irkd`` subcommand).
         cfg: The resolved config.
-        teacher: Run id of the run whose weights it needs before it starts: the teacher of
-            a distillation run, the previous step of a teacher trained in steps; else None.
+        teacher: Run id of the teacher of a distillation run; else None.
         roles: What the run stands for (``teacher``, ``methods/<row>/s<seed>``,
             ``tuning/<row>/<combination>``...), several when shared.
+        init: Run id of the step before, for a run of a teacher or student trained in steps
+            (it starts from that run's best weights); else None.
     """
 
     id: str
@@ -66,6 +67,12 @@ class RunSpec:
     cfg: ExperimentConfig
     teacher: str | None = None
     roles: list[str] = field(default_factory=list)
+    init: str | None = None
+
+    @property
+    def needs(self) -> tuple[str, ...]:
+        """Run ids whose best weights it needs before it starts (teacher, step before)."""
+        return tuple(r for r in (self.init, self.teacher) if r is not None)
 
 
 @dataclass
@@ -193,7 +200,7 @@ def config_hash(cfg: ExperimentConfig, teacher_id: str | None, init_id: str | No
 
     The hash covers the values that differ from :mod:`irkd.config`'s defaults (so adding a
     config field with a default keeps every run id), without ``name``, and with the
-    teacher's checkpoint replaced by the teacher's run id, and a teacher step's starting
+    teacher's checkpoint replaced by the teacher's run id, and a later step's starting
     weights (``model.checkpoint``) by the previous step's run id ``init_id`` (ids do not
     depend on where the runs live).
     """
@@ -235,10 +242,18 @@ def combos(grid: tuple[tuple[str, tuple], ...]) -> list[tuple[tuple[str, ...], s
 
 
 def _resolve(
-    study: Study, ds: str, items: tuple[str, ...], seed: int, label: str, key: str
+    study: Study,
+    ds: str,
+    items: tuple[str, ...],
+    seed: int,
+    label: str,
+    key: str,
+    step: int = 1,
 ) -> ExperimentConfig:
+    """A student run's config: step ``step`` (1: the base config) with the row's items."""
+    base = study.students[ds] if step == 1 else study.student_steps[ds][step - 2]
     try:
-        cfg = apply_overrides(study.students[ds], list(items))
+        cfg = apply_overrides(base, list(items))
         cfg = copy.deepcopy(cfg)
         cfg.seed = int(seed)
         cfg.name = label
@@ -246,8 +261,15 @@ def _resolve(
             cfg.teacher = None
         check_run_config(cfg, study.teachers[ds])
     except ConfigError as exc:
-        raise study.fail(f"{key} (dataset {ds})", str(exc)) from None
+        where = f"dataset {ds}" if step == 1 else f"dataset {ds}, student step {step}"
+        raise study.fail(f"{key} ({where})", str(exc)) from None
     return cfg
+
+
+def _check_steps(study: Study, ds: str, items: tuple[str, ...], key: str) -> None:
+    """Resolve a row's items on every student step of ``ds`` (raises on the first bad one)."""
+    for step in range(1, 2 + len(study.student_steps.get(ds, []))):
+        _resolve(study, ds, items, 0, "x", key, step)
 
 
 def _row_items(row: Row, winner: tuple[str, ...] | None) -> tuple[str, ...]:
@@ -277,16 +299,16 @@ def validate_study(study: Study, runs_root: Path) -> Plan:
             key = f"{row.table}.{row.name}.overrides"
             tuned = row.name if row.table == "methods" else row.tuned
             if tuned not in grids:
-                _resolve(study, ds, _row_items(row, None), 0, "x", key)
+                _check_steps(study, ds, _row_items(row, None), key)
                 continue
             try:  # a bad grid is named as such when the row alone is fine
-                _resolve(study, ds, _row_items(row, None), 0, "x", key)
+                _check_steps(study, ds, _row_items(row, None), key)
                 if row.table == "methods":
                     key = f"tuning.{tuned}.grid"
             except StudyError:
                 pass
             for items, _ in combos(grids[tuned]):
-                _resolve(study, ds, _row_items(row, items), 0, "x", key)
+                _check_steps(study, ds, _row_items(row, items), key)
     return build_plan(study, runs_root, {})
 
 
@@ -320,20 +342,35 @@ def build_plan(study: Study, runs_root: Path, done_val: Mapping[str, float | Non
             return run_id
         run_id = f"{cfg.name}-{h}"
         mode = "distill" if is_distill(cfg) else "train"
-        # a teacher step waits on the step before it as a distillation run on its teacher
-        plan.runs[run_id] = RunSpec(run_id, cfg.name, ds, mode, cfg, teacher or init, [role])
+        plan.runs[run_id] = RunSpec(
+            run_id, cfg.name, ds, mode, cfg, teacher=teacher, roles=[role], init=init
+        )
         by_hash[h] = run_id
         return run_id
 
+    tchains: dict[str, list[str]] = {}
+
     def student(ds: str, items: tuple[str, ...], seed: int, label: str, key: str, role: str) -> str:
-        cfg = _resolve(study, ds, items, seed, label, key)
-        teacher = None
-        if cfg.teacher is not None:
-            teacher = plan.teachers.get(ds)
-            if teacher is None:
-                raise study.fail(key, f"distills but dataset {ds} has no teacher")
-            cfg.teacher.checkpoint = str(runs_root / teacher / "best.safetensors")
-        return add(ds, cfg, teacher, role)
+        """Add a student run (each of its steps); return the last step's run id."""
+        n = 1 + len(study.student_steps.get(ds, []))
+        init: str | None = None
+        for step in range(1, n + 1):
+            name = label if step == 1 else f"{label}-step{step}"
+            cfg = _resolve(study, ds, items, seed, name, key, step)
+            teacher = None
+            if cfg.teacher is not None:
+                chain = tchains.get(ds)
+                if not chain:
+                    raise study.fail(key, f"distills but dataset {ds} has no teacher")
+                # the last steps of both line up: with as many steps, step k learns from
+                # teacher step k; a student in one step learns from the final teacher
+                teacher = chain[max(0, len(chain) - n + step - 1)]
+                cfg.teacher.checkpoint = str(runs_root / teacher / "best.safetensors")
+            if init is not None:
+                cfg.model.checkpoint = str(runs_root / init / "best.safetensors")
+            init = add(ds, cfg, teacher, role if step == n else f"{role}/step{step}", init)
+        assert init is not None
+        return init
 
     for ds in study.datasets:
         tcfg = study.teachers[ds]
@@ -351,6 +388,7 @@ def build_plan(study: Study, runs_root: Path, done_val: Mapping[str, float | Non
             role = "teacher" if k == len(chain) - 1 else f"teacher/step{k + 1}"
             init = add(ds, step_cfg, None, role, init)
             plan.teachers[ds] = init
+            tchains.setdefault(ds, []).append(init)
 
     grids = study.tuning.grids if study.tuning else {}
     winners: dict[tuple[str, str], tuple[str, ...] | None] = {}

@@ -155,22 +155,30 @@ class StudyRunner:
         return st
 
     def needs_weights(self, run_id: str, plan: Plan) -> bool:
-        """Whether ``run_id`` is a teacher whose weights are missing but still needed."""
+        """Whether ``run_id``'s weights are missing but still needed (a teacher, a step)."""
         if (self.run_dir(run_id) / "best.safetensors").is_file():
             return False
         return any(
-            r.teacher == run_id
+            run_id in r.needs
             and self.selected(r.id)
             and run_status(self.run_dir(r.id)).state != "done"
             and self.status(r.id).state != "done"
             for r in plan.runs.values()
         )
 
-    def _teacher_ready(self, run: RunSpec) -> bool:
-        if run.teacher is None:
-            return True
-        t = self.run_dir(run.teacher)
-        return run_status(t).state == "done" and (t / "best.safetensors").is_file()
+    def _missing(self, run: RunSpec) -> list[str]:
+        """The runs ``run`` needs whose best weights are not there yet."""
+        return [
+            r
+            for r in run.needs
+            if not (
+                run_status(self.run_dir(r)).state == "done"
+                and (self.run_dir(r) / "best.safetensors").is_file()
+            )
+        ]
+
+    def _ready(self, run: RunSpec) -> bool:
+        return not self._missing(run)
 
     def _counts(self, plan: Plan) -> tuple[int, int]:
         ids = [r for r in plan.runs if self.selected(r)]
@@ -197,8 +205,8 @@ class StudyRunner:
                 text = "done"
             elif st.state == "partial":
                 text = f"partial epoch {st.epoch}/{run.cfg.schedule.epochs}"
-            elif not self._teacher_ready(run):
-                text = f"waiting on teacher {run.teacher}"
+            elif missing := self._missing(run):
+                text = f"waiting on {_waits(run, missing[0])}"
             else:
                 text = "pending"
             lines.append(f"{run_id:<{width}}  {run.mode:<7}  {text}   [{', '.join(run.roles)}]")
@@ -406,7 +414,7 @@ class StudyRunner:
                                 self.status(run_id).state == "done"
                                 and not self.needs_weights(run_id, plan)
                             )
-                            or not self._teacher_ready(run)
+                            or not self._ready(run)
                         ):
                             continue
                         try:
@@ -458,7 +466,8 @@ class StudyRunner:
             if self.selected(r.id) and r.id not in failed and self.status(r.id).state != "done"
         ]
         for run in left:
-            why = f"teacher {run.teacher} not done" if run.teacher else "not run"
+            missing = self._missing(run)
+            why = f"{_waits(run, missing[0])} not done" if missing else "not run"
             say(f"not run: {run.id} ({why})")
         waiting = plan.waiting() if not self.opts.only else []
         if waiting:
@@ -467,8 +476,15 @@ class StudyRunner:
             f"study {self.study.name}: {done}/{total} runs done, {len(failed)} failed; "
             f"results in {self.results}"
         )
-        blocked = bool(waiting) or any(r.teacher is None or self.selected(r.teacher) for r in left)
+        blocked = bool(waiting) or any(
+            not r.needs or any(self.selected(n) for n in r.needs) for r in left
+        )
         return 1 if failed or blocked else 0
+
+
+def _waits(run: RunSpec, needed: str) -> str:
+    """``teacher <id>`` or ``step <id>``: what ``run`` waits on."""
+    return f"teacher {needed}" if needed == run.teacher else f"step {needed}"
 
 
 def _pct(v: float | None) -> str:

@@ -44,12 +44,15 @@ class DatasetSpec:
 
     Attributes:
         name: Dataset key (used in run ids and plot names).
-        student: Base config of every student run.
+        student: Base config of every student run (its first step).
         teacher: The teacher's config (trained once), or None when no row distills.
         overrides: ``key=value`` items applied to every student run of this dataset.
         teacher_steps: Configs trained before ``teacher``, in order (``teacher: [a, b, c]``
             in the study file: ``a`` from its own start, ``b`` from ``a``'s best weights,
             ``teacher`` = ``c`` from ``b``'s); empty for a teacher trained in one run.
+        student_steps: Configs trained after ``student``, in order (``student: [a, b]``:
+            ``student`` = ``a``, each later step from the previous step's best weights, with
+            the same row, dataset and seed overrides); empty for students trained in one run.
     """
 
     name: str
@@ -57,6 +60,7 @@ class DatasetSpec:
     teacher: Path | None
     overrides: tuple[str, ...] = ()
     teacher_steps: tuple[Path, ...] = ()
+    student_steps: tuple[Path, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -114,6 +118,8 @@ class Study:
         teachers: Dataset -> teacher config (None when the dataset has none).
         teacher_steps: Dataset -> the configs of the teacher's earlier steps (see
             :class:`DatasetSpec`), in order.
+        student_steps: Dataset -> the configs of the students' later steps (dataset
+            overrides applied), in order.
     """
 
     path: Path
@@ -128,6 +134,7 @@ class Study:
     students: dict[str, ExperimentConfig] = field(default_factory=dict)
     teachers: dict[str, ExperimentConfig | None] = field(default_factory=dict)
     teacher_steps: dict[str, list[ExperimentConfig]] = field(default_factory=dict)
+    student_steps: dict[str, list[ExperimentConfig]] = field(default_factory=dict)
 
     def rows(self) -> list[Row]:
         """Every row, main table first."""
@@ -216,6 +223,13 @@ def _datasets(path: Path, raw: Any) -> dict[str, DatasetSpec]:
         body = _mapping(path, key, body, _DATASET_KEYS)
         if "student" not in body:
             raise _err(path, f"{key}.student", "missing (the base config of every student run)")
+        student = body["student"]
+        if isinstance(student, list):  # students trained in steps, each from the last one
+            if not student:
+                raise _err(path, f"{key}.student", "expected a config path or a non-empty list")
+            students = [_file(path, f"{key}.student[{i}]", s) for i, s in enumerate(student)]
+        else:
+            students = [_file(path, f"{key}.student", student)]
         teacher = body.get("teacher")
         if isinstance(teacher, list):  # a teacher trained in steps, each from the last one
             if not teacher:
@@ -225,10 +239,11 @@ def _datasets(path: Path, raw: Any) -> dict[str, DatasetSpec]:
             steps = [] if teacher is None else [_file(path, f"{key}.teacher", teacher)]
         out[ds] = DatasetSpec(
             name=ds,
-            student=_file(path, f"{key}.student", body["student"]),
+            student=students[0],
             teacher=steps[-1] if steps else None,
             overrides=_str_list(path, f"{key}.overrides", body.get("overrides")),
             teacher_steps=tuple(steps[:-1]),
+            student_steps=tuple(students[1:]),
         )
     return out
 
@@ -309,18 +324,55 @@ def _read_yaml(path: Path) -> dict:
     return data
 
 
-def _load_configs(study: Study) -> None:
-    """Load each dataset's student (with its overrides) and teacher config."""
-    for ds, spec in study.datasets.items():
-        key = f"datasets.{ds}"
+def _same_net(a: Any, b: Any) -> bool:
+    return (a.name, a.kwargs) == (b.name, b.kwargs)
+
+
+def _load_students(study: Study, ds: str, spec: DatasetSpec) -> None:
+    """Load a dataset's student config and its later steps, dataset overrides applied."""
+    key = f"datasets.{ds}"
+    loaded: list[ExperimentConfig] = []
+    for i, path in enumerate((spec.student, *spec.student_steps)):
+        skey = f"{key}.student[{i}]" if spec.student_steps else f"{key}.student"
         try:
-            base = load_config(spec.student)
+            base = load_config(path)
         except ConfigError as exc:
-            raise study.fail(f"{key}.student", str(exc)) from None
+            raise study.fail(skey, str(exc)) from None
         try:
-            study.students[ds] = apply_overrides(base, list(spec.overrides))
+            cfg = apply_overrides(base, list(spec.overrides))
         except ConfigError as exc:
             raise study.fail(f"{key}.overrides", str(exc)) from None
+        if loaded:
+            first = loaded[0]
+            if not _same_net(cfg.model, first.model):
+                raise study.fail(
+                    skey,
+                    f"trains {cfg.model.name} {cfg.model.kwargs or ''}, the first step "
+                    f"{first.model.name} {first.model.kwargs or ''}: each step starts from the "
+                    "previous one's weights, so every step trains the same network",
+                )
+            if (cfg.teacher is None) != (first.teacher is None) or (
+                cfg.teacher is not None
+                and first.teacher is not None
+                and not _same_net(cfg.teacher, first.teacher)
+            ):
+                raise study.fail(skey, "names another teacher network than the first step")
+            if cfg.model.checkpoint is not None:
+                raise study.fail(
+                    skey,
+                    f"sets model.checkpoint ({cfg.model.checkpoint}); a later student step "
+                    "starts from the previous step's best weights: remove it",
+                )
+        loaded.append(cfg)
+    study.students[ds] = loaded[0]
+    study.student_steps[ds] = loaded[1:]
+
+
+def _load_configs(study: Study) -> None:
+    """Load each dataset's student configs (with its overrides) and teacher configs."""
+    for ds, spec in study.datasets.items():
+        key = f"datasets.{ds}"
+        _load_students(study, ds, spec)
         chain = [*spec.teacher_steps, *([spec.teacher] if spec.teacher else [])]
         loaded: list[ExperimentConfig] = []
         for i, path in enumerate(chain):
@@ -337,7 +389,7 @@ def _load_configs(study: Study) -> None:
                 )
             if loaded:
                 prev = loaded[-1].model
-                if (teacher.model.name, teacher.model.kwargs) != (prev.name, prev.kwargs):
+                if not _same_net(teacher.model, prev):
                     raise study.fail(
                         tkey,
                         f"trains {teacher.model.name} {teacher.model.kwargs or ''}, the step "
