@@ -194,6 +194,23 @@ BAD = [
         "datasets.syn.student[1]: names another teacher network than the first step",
     ),
     (
+        _with(datasets__syn__student=["student.yaml", {"overrides": []}]),
+        "datasets.syn.student[1].config: missing (the step's base config)",
+    ),
+    (
+        _with(datasets__syn__student=["student.yaml", {"config": "step2.yaml", "x": 1}]),
+        "datasets.syn.student[1].x: unknown key; valid keys: config, overrides",
+    ),
+    (
+        _with(
+            datasets__syn__student=[
+                "student.yaml",
+                {"config": "step2.yaml", "overrides": ["method.nope=1"]},
+            ]
+        ),
+        "datasets.syn.student[1].overrides: unknown key method.nope",
+    ),
+    (
         _with(
             datasets__syn__student=["student.yaml", "step2.yaml"],
             methods__x={"overrides": ["method.name=fitnet", "method.stages=[enc9]"]},
@@ -361,6 +378,28 @@ def test_students_in_steps_start_each_step_from_the_last_and_learn_from_the_same
             assert final.cfg.method.name == "msa_awmse" and final.needs == (first.id, t2)
             assert config_hash(final.cfg, t2, first.id) == final.id.rsplit("-", 1)[1]
             assert config_hash(final.cfg, t2, "syn-x-00000000") not in final.id
+    # a step's own overrides come after the row's: distilled at step 1, trained alone at 2
+    alone = {"config": "step2.yaml", "overrides": ["method.name=none"]}
+    tuned = validate_study(
+        load_study(
+            write_study(
+                tmp_path / "alone",
+                _with(
+                    datasets__syn__teacher=steps2, datasets__syn__student=["student.yaml", alone]
+                ),
+            )
+        ),
+        root,
+    )
+    for seed in (0, 1):
+        cell = ("syn", "methods", "msa_awmse", seed)
+        final = tuned.runs[tuned.cells[cell]]
+        assert final.init == plan.runs[plan.cells[cell]].init  # the same distilled step 1
+        assert final.mode == "train" and final.cfg.method.name == "none"
+        assert final.teacher is None and final.cfg.teacher is None and final.needs == (final.init,)
+        assert final.cfg.data.crop == 64 and final.id not in plan.runs
+        cell = ("syn", "methods", "student", seed)
+        assert tuned.cells[cell] == plan.cells[cell]  # nothing changes for the student alone
     # with a one-step teacher, every student step learns from it
     flat = validate_study(
         load_study(

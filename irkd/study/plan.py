@@ -250,8 +250,14 @@ def _resolve(
     key: str,
     step: int = 1,
 ) -> ExperimentConfig:
-    """A student run's config: step ``step`` (1: the base config) with the row's items."""
-    base = study.students[ds] if step == 1 else study.student_steps[ds][step - 2]
+    """A student run's config: step ``step`` (1: the base config) with the row's items.
+
+    A later step applies its own overrides after the row's.
+    """
+    base = study.students[ds]
+    if step > 1:
+        base = study.student_steps[ds][step - 2]
+        items = (*items, *study.student_step_overrides[ds][step - 2])
     try:
         cfg = apply_overrides(base, list(items))
         cfg = copy.deepcopy(cfg)

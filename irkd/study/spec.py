@@ -24,18 +24,42 @@ from irkd.config import (
     yaml_load,
 )
 
-__all__ = ["DatasetSpec", "Row", "Study", "StudyError", "Tuning", "grid_value", "load_study"]
+__all__ = [
+    "DatasetSpec",
+    "Row",
+    "StudentStep",
+    "Study",
+    "StudyError",
+    "Tuning",
+    "grid_value",
+    "load_study",
+]
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 """Study, dataset and row names (they become folder and file names)."""
 
 _TOP_KEYS = ("name", "threads", "datasets", "seeds", "reference", "methods", "ablations", "tuning")
 _DATASET_KEYS = ("student", "teacher", "overrides")
+_STEP_KEYS = ("config", "overrides")
 _ROW_KEYS = {"methods": ("overrides", "datasets"), "ablations": ("overrides", "datasets", "tuned")}
 
 
 class StudyError(ValueError):
     """An invalid study file; the message is one line naming the study key."""
+
+
+@dataclass(frozen=True)
+class StudentStep:
+    """A later step of the students (``student: [a.yaml, {config: b.yaml, overrides: [...]}]``).
+
+    Attributes:
+        config: The step's base config.
+        overrides: ``key=value`` items applied after the row's (e.g. ``method.name=none``:
+            a distilled student trained further alone).
+    """
+
+    config: Path
+    overrides: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -50,9 +74,10 @@ class DatasetSpec:
         teacher_steps: Configs trained before ``teacher``, in order (``teacher: [a, b, c]``
             in the study file: ``a`` from its own start, ``b`` from ``a``'s best weights,
             ``teacher`` = ``c`` from ``b``'s); empty for a teacher trained in one run.
-        student_steps: Configs trained after ``student``, in order (``student: [a, b]``:
+        student_steps: Steps trained after ``student``, in order (``student: [a, b]``:
             ``student`` = ``a``, each later step from the previous step's best weights, with
-            the same row, dataset and seed overrides); empty for students trained in one run.
+            the same row, dataset and seed overrides, then the step's own); empty for
+            students trained in one run.
     """
 
     name: str
@@ -60,7 +85,7 @@ class DatasetSpec:
     teacher: Path | None
     overrides: tuple[str, ...] = ()
     teacher_steps: tuple[Path, ...] = ()
-    student_steps: tuple[Path, ...] = ()
+    student_steps: tuple[StudentStep, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -120,6 +145,8 @@ class Study:
             :class:`DatasetSpec`), in order.
         student_steps: Dataset -> the configs of the students' later steps (dataset
             overrides applied), in order.
+        student_step_overrides: Dataset -> each later step's own overrides (applied after a
+            row's), in order.
     """
 
     path: Path
@@ -135,6 +162,7 @@ class Study:
     teachers: dict[str, ExperimentConfig | None] = field(default_factory=dict)
     teacher_steps: dict[str, list[ExperimentConfig]] = field(default_factory=dict)
     student_steps: dict[str, list[ExperimentConfig]] = field(default_factory=dict)
+    student_step_overrides: dict[str, list[tuple[str, ...]]] = field(default_factory=dict)
 
     def rows(self) -> list[Row]:
         """Every row, main table first."""
@@ -227,9 +255,10 @@ def _datasets(path: Path, raw: Any) -> dict[str, DatasetSpec]:
         if isinstance(student, list):  # students trained in steps, each from the last one
             if not student:
                 raise _err(path, f"{key}.student", "expected a config path or a non-empty list")
-            students = [_file(path, f"{key}.student[{i}]", s) for i, s in enumerate(student)]
+            first = _file(path, f"{key}.student[0]", student[0])
+            later = [_step(path, f"{key}.student[{i}]", s) for i, s in enumerate(student) if i]
         else:
-            students = [_file(path, f"{key}.student", student)]
+            first, later = _file(path, f"{key}.student", student), []
         teacher = body.get("teacher")
         if isinstance(teacher, list):  # a teacher trained in steps, each from the last one
             if not teacher:
@@ -239,13 +268,26 @@ def _datasets(path: Path, raw: Any) -> dict[str, DatasetSpec]:
             steps = [] if teacher is None else [_file(path, f"{key}.teacher", teacher)]
         out[ds] = DatasetSpec(
             name=ds,
-            student=students[0],
+            student=first,
             teacher=steps[-1] if steps else None,
             overrides=_str_list(path, f"{key}.overrides", body.get("overrides")),
             teacher_steps=tuple(steps[:-1]),
-            student_steps=tuple(students[1:]),
+            student_steps=tuple(later),
         )
     return out
+
+
+def _step(path: Path, key: str, value: Any) -> StudentStep:
+    """A later student step: a config path, or ``{config: path, overrides: [...]}``."""
+    if not isinstance(value, dict):
+        return StudentStep(_file(path, key, value))
+    body = _mapping(path, key, value, _STEP_KEYS)
+    if "config" not in body:
+        raise _err(path, f"{key}.config", "missing (the step's base config)")
+    return StudentStep(
+        _file(path, f"{key}.config", body["config"]),
+        _str_list(path, f"{key}.overrides", body.get("overrides")),
+    )
 
 
 def _rows(path: Path, table: str, raw: Any, datasets: dict[str, DatasetSpec]) -> dict[str, Row]:
@@ -332,16 +374,20 @@ def _load_students(study: Study, ds: str, spec: DatasetSpec) -> None:
     """Load a dataset's student config and its later steps, dataset overrides applied."""
     key = f"datasets.{ds}"
     loaded: list[ExperimentConfig] = []
-    for i, path in enumerate((spec.student, *spec.student_steps)):
+    for i, step in enumerate((StudentStep(spec.student), *spec.student_steps)):
         skey = f"{key}.student[{i}]" if spec.student_steps else f"{key}.student"
         try:
-            base = load_config(path)
+            base = load_config(step.config)
         except ConfigError as exc:
             raise study.fail(skey, str(exc)) from None
         try:
             cfg = apply_overrides(base, list(spec.overrides))
         except ConfigError as exc:
             raise study.fail(f"{key}.overrides", str(exc)) from None
+        try:
+            apply_overrides(cfg, list(step.overrides))
+        except ConfigError as exc:
+            raise study.fail(f"{skey}.overrides", str(exc)) from None
         if loaded:
             first = loaded[0]
             if not _same_net(cfg.model, first.model):
@@ -366,6 +412,7 @@ def _load_students(study: Study, ds: str, spec: DatasetSpec) -> None:
         loaded.append(cfg)
     study.students[ds] = loaded[0]
     study.student_steps[ds] = loaded[1:]
+    study.student_step_overrides[ds] = [step.overrides for step in spec.student_steps]
 
 
 def _load_configs(study: Study) -> None:
