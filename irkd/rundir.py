@@ -278,6 +278,14 @@ def _resolved_root(root: str | None) -> str | None:
     return None if root is None else str(Path(root).expanduser().resolve())
 
 
+def _same_file(a: str, b: str) -> bool:
+    """Whether two paths lead to one existing file (through links, relative or not)."""
+    try:
+        return os.path.samefile(Path(a).expanduser(), Path(b).expanduser())
+    except OSError:
+        return False
+
+
 def resolved_config(cfg: ExperimentConfig) -> ExperimentConfig:
     """``cfg`` with ``data.root`` absolute: a run folder's config.yaml resumes from anywhere."""
     root = _resolved_root(cfg.data.root)
@@ -289,10 +297,17 @@ def _config_diff(saved_path: Path, cfg: ExperimentConfig, *, resume: bool = Fals
 
     ``schedule.epochs`` may differ (a run continued for longer); ``data.root`` is compared
     resolved, and may differ on resume (a moved dataset; :func:`resume_changes` records it).
+    The starting and teacher weights (``model.checkpoint``, ``teacher.checkpoint``) are the
+    same when both paths lead to one file (a run folder linked into another study).
     """
     saved = config_to_dict(load_config(saved_path))
     now = config_to_dict(cfg)
     saved["schedule"]["epochs"] = now["schedule"]["epochs"]
+    for net in ("model", "teacher"):
+        old, new = saved.get(net) or {}, now.get(net) or {}
+        if old.get("checkpoint") and new.get("checkpoint"):
+            if _same_file(old["checkpoint"], new["checkpoint"]):
+                old["checkpoint"] = new["checkpoint"]
     if resume:
         saved["data"]["root"] = now["data"]["root"]
     else:

@@ -267,6 +267,26 @@ def test_resume_with_another_changed_field_is_refused(root, tmp_path):
     assert (run / "config.yaml").read_text() == before
 
 
+def test_resume_with_the_same_weights_under_another_path_is_allowed(root, tmp_path):
+    """A run folder linked into another study: its weights' paths differ, not the files."""
+    weights = tmp_path / "w.safetensors"
+    weights.write_bytes(b"w")
+    (tmp_path / "study_a").mkdir()
+    (tmp_path / "study_b").mkdir()
+    (tmp_path / "study_a" / "w.safetensors").symlink_to(weights)
+    (tmp_path / "study_b" / "w.safetensors").symlink_to(weights)
+    cfg = _cfg(root, model={"checkpoint": str(tmp_path / "study_a" / "w.safetensors")})
+    run = tmp_path / "run"
+    run_training(cfg, run, lambda: NumpyTrainer(cfg), quiet=True, stop_after=1)
+    linked = _cfg(root, model={"checkpoint": str(tmp_path / "study_b" / "w.safetensors")})
+    run_training(linked, run, lambda: NumpyTrainer(linked), quiet=True, resume=True, stop_after=2)
+    other = tmp_path / "other.safetensors"
+    other.write_bytes(b"w")  # same bytes, another file: another start
+    moved = _cfg(root, model={"checkpoint": str(other)})
+    with pytest.raises(ConfigError, match="differs from .* in model"):
+        run_training(moved, run, lambda: NumpyTrainer(moved), quiet=True, resume=True)
+
+
 # ----------------------------------------------------------------------------- finding 11
 
 
