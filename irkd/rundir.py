@@ -51,6 +51,7 @@ __all__ = [
     "resolved_config",
     "resume_changes",
     "run_folder_lock",
+    "same_run",
 ]
 
 RUN_MARKER = ".irkd-run"
@@ -292,6 +293,33 @@ def resolved_config(cfg: ExperimentConfig) -> ExperimentConfig:
     return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, root=root))
 
 
+def _same_weights_alike(saved: dict, now: dict) -> None:
+    """Give ``saved`` ``now``'s checkpoint paths where both lead to one file."""
+    for net in ("model", "teacher"):
+        old, new = saved.get(net) or {}, now.get(net) or {}
+        if old.get("checkpoint") and new.get("checkpoint"):
+            if _same_file(old["checkpoint"], new["checkpoint"]):
+                old["checkpoint"] = new["checkpoint"]
+
+
+def same_run(saved_path: Path, cfg: ExperimentConfig) -> bool:
+    """Whether the run whose config is saved at ``saved_path`` trains exactly what ``cfg`` does.
+
+    Every field is compared except ``name``; ``data.root`` resolved, and the starting and
+    teacher weights as files (see :func:`_config_diff`). Unreadable: False.
+    """
+    try:
+        saved = config_to_dict(load_config(saved_path))
+    except (OSError, ConfigError):
+        return False
+    now = config_to_dict(cfg)
+    for d in (saved, now):
+        d.pop("name", None)
+        d["data"]["root"] = _resolved_root(d["data"]["root"])
+    _same_weights_alike(saved, now)
+    return saved == now
+
+
 def _config_diff(saved_path: Path, cfg: ExperimentConfig, *, resume: bool = False) -> list[str]:
     """Top-level keys in which ``cfg`` differs from the config saved at ``saved_path``.
 
@@ -303,11 +331,7 @@ def _config_diff(saved_path: Path, cfg: ExperimentConfig, *, resume: bool = Fals
     saved = config_to_dict(load_config(saved_path))
     now = config_to_dict(cfg)
     saved["schedule"]["epochs"] = now["schedule"]["epochs"]
-    for net in ("model", "teacher"):
-        old, new = saved.get(net) or {}, now.get(net) or {}
-        if old.get("checkpoint") and new.get("checkpoint"):
-            if _same_file(old["checkpoint"], new["checkpoint"]):
-                old["checkpoint"] = new["checkpoint"]
+    _same_weights_alike(saved, now)
     if resume:
         saved["data"]["root"] = now["data"]["root"]
     else:

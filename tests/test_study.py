@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from irkd.cli import main
-from irkd.config import apply_overrides
+from irkd.config import apply_overrides, save_config
 from irkd.study.plan import build_plan, config_hash, validate_study
 from irkd.study.report import aggregate, format_table, tuning_report
 from irkd.study.runner import Options, StudyRunner
@@ -430,6 +430,54 @@ def test_students_in_steps_start_each_step_from_the_last_and_learn_from_the_same
     (root / t2 / "best.safetensors").write_bytes(b"x")
     lines = {line.split()[0]: line for line in runner.describe()}
     assert "pending" in lines[d0.id]
+
+
+def _fake_done(folder: Path, cfg) -> None:
+    folder.mkdir(parents=True)
+    save_config(cfg, folder / "config.yaml")
+    (folder / "metrics.json").write_text(json.dumps({"best_val": 0.5, "last": {}}))
+    (folder / "best.safetensors").write_bytes(b"w")
+
+
+def test_a_run_another_study_finished_with_the_same_config_is_linked_not_retrained(tmp_path):
+    runs = tmp_path / "W"
+    first = StudyRunner(load_study(write_study(tmp_path / "a")), Options(runs_dir=runs))
+    plan = first.plan
+    teacher = plan.teachers["syn"]
+    d0, s0, s1 = (
+        plan.cells[("syn", "methods", r, s)]
+        for r, s in (("msa_awmse", 0), ("student", 0), ("student", 1))
+    )
+    for run_id in (teacher, d0, s0):
+        _fake_done(runs / "tiny" / run_id, plan.runs[run_id].cfg)
+    # seed 1 of the student alone: finished with another learning rate, so another run
+    _fake_done(runs / "tiny" / s1, apply_overrides(plan.runs[s1].cfg, ["optim.lr=0.5"]))
+    # a second study with the same rows and a row of its own; its name differs
+    path = write_study(
+        tmp_path / "b", _with(name="other", methods__fitnet={"overrides": ["method.name=fitnet"]})
+    )
+    lines: list[str] = []
+    second = StudyRunner(load_study(path), Options(runs_dir=runs, say=lines.append))
+    assert {teacher, d0, s0, s1} <= set(second.plan.runs)  # ids: the configs, not the study
+    dry = {line.split()[0]: line for line in second.describe()}
+    assert f"done in {runs / 'tiny' / teacher} (linked" in dry[teacher]
+    assert f"done in {runs / 'tiny' / d0} (linked" in dry[d0]  # its teacher would be linked
+    assert "pending" in dry[s1] and not (runs / "other").exists()  # a dry run links nothing
+    second._share_finished(second.plan)
+    root = runs / "other"
+    linked = sorted(p.name for p in root.iterdir() if p.is_symlink())
+    # the teacher first, so that the distilled run's teacher weights are the same file
+    assert linked == sorted([teacher, d0, s0])
+    assert all((root / r).resolve() == runs / "tiny" / r for r in linked)
+    assert lines[0].endswith(f"shared {teacher}: done in {runs / 'tiny' / teacher}")
+    assert second.status(d0).state == "done" and second.status(s1).state == "pending"
+    # off: nothing is linked
+    off = tmp_path / "c"
+    third = StudyRunner(
+        load_study(write_study(off, _with(name="third"))), Options(runs_dir=runs, share=False)
+    )
+    third._share_finished(third.plan)
+    assert not (runs / "third").exists()
 
 
 @pytest.mark.slow  # two real teacher runs in subprocesses

@@ -60,6 +60,12 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     st.add_argument(
         "--report", action="store_true", help="only aggregate finished runs into RESULTS_DIR"
     )
+    st.add_argument(
+        "--no-share",
+        action="store_true",
+        help="train every run here, even one a study beside it in RUNS_DIR has finished with "
+        "the same config (default: link that run folder instead)",
+    )
     st.add_argument("--runs-dir", default="runs/study", help="run folders (default runs/study)")
     st.add_argument("--results-dir", default="results", help="committed results (default results)")
     st.add_argument("--cache", default="runs/_data", help="synthetic data cache folder")
@@ -86,6 +92,7 @@ def run(args: argparse.Namespace) -> int:
                 runs_dir=Path(args.runs_dir),
                 results_dir=Path(args.results_dir),
                 cache=Path(args.cache),
+                share=not args.no_share,
                 say=lambda line: print(line, flush=True),
             ),
         )

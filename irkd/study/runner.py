@@ -15,13 +15,15 @@ last checkpoint and restarts (after clearing) runs that died before their first 
 from __future__ import annotations
 
 import contextlib
+import copy
 import fcntl
 import fnmatch
+import os
 import shutil
 import signal
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +32,7 @@ from irkd.config import save_config
 from irkd.data.prepare import resolve_dataset
 from irkd.dist import free_port, launch_command, launch_env
 from irkd.files import write_json_atomic, write_text_atomic
+from irkd.rundir import same_run
 from irkd.study.plan import Plan, RunSpec, build_plan, validate_study
 from irkd.study.proc import Child, log_tail, spawn, stop_all, wait_any
 from irkd.study.report import aggregate, format_table, format_tuning, tuning_report
@@ -67,6 +70,9 @@ class Options:
         runs_dir: Parent of ``<study name>/<run id>/`` (weights, checkpoints).
         results_dir: Parent of ``<study name>/`` (the committed results).
         cache: Synthetic data cache (``irkd train --cache``).
+        share: Link a finished run of another study in ``runs_dir`` that trained exactly
+            this run's config (same id hash, :func:`irkd.rundir.same_run`) instead of
+            training it again.
         say: Where progress lines go.
     """
 
@@ -76,6 +82,7 @@ class Options:
     runs_dir: Path = Path("runs/study")
     results_dir: Path = Path("results")
     cache: Path = Path("runs/_data")
+    share: bool = True
     say: Callable[[str], None] = print
 
 
@@ -135,6 +142,63 @@ class StudyRunner:
         """The plan given the runs finished so far."""
         self.plan = build_plan(self.study, self.root, self.done_val())
         return self.plan
+
+    def shared_source(self, run: RunSpec, linked: Mapping[str, Path] | None = None) -> Path | None:
+        """A finished run folder of another study in ``runs_dir`` that is this run.
+
+        Only for a run without a folder of its own, with ``share`` on: a folder of a sibling
+        study named ``*-<this run's hash>``, done, with its ``best.safetensors``, whose
+        config trains exactly ``run.cfg`` (:func:`irkd.rundir.same_run`: the name aside,
+        the weights it starts from and its teacher's compared as files). The first in name
+        order. ``linked``: run id -> the folder it would be linked to (a dry run, which
+        links nothing: the runs after a shared teacher or step are found shared too).
+        """
+        if not self.opts.share or os.path.lexists(self.run_dir(run.id)):
+            return None
+        cfg = run.cfg
+        if linked and any(r in linked for r in run.needs):
+            cfg = copy.deepcopy(cfg)
+            init, teacher = linked.get(run.init or ""), linked.get(run.teacher or "")
+            if init is not None:
+                cfg.model.checkpoint = str(init / "best.safetensors")
+            if teacher is not None and cfg.teacher is not None:
+                cfg.teacher.checkpoint = str(teacher / "best.safetensors")
+        parent = Path(self.opts.runs_dir)
+        if not parent.is_dir():
+            return None
+        digest = run.id.rsplit("-", 1)[1]
+        for other in sorted(parent.iterdir()):
+            if other.resolve() == self.root.resolve() or not other.is_dir():
+                continue
+            for folder in sorted(other.glob(f"*-{digest}")):
+                if (
+                    folder.is_dir()
+                    and run_status(folder).state == "done"
+                    and (folder / "best.safetensors").is_file()
+                    and same_run(folder / "config.yaml", cfg)
+                ):
+                    return folder.resolve()
+        return None
+
+    def _share_finished(self, plan: Plan) -> Plan:
+        """Link every run another study has finished; return the plan after it.
+
+        In plan order: a teacher or an earlier step first, so that the runs after it find
+        their weights' paths leading to the same files.
+        """
+        while True:
+            linked = 0
+            for run in plan.runs.values():
+                source = self.shared_source(run)
+                if source is None:
+                    continue
+                self.root.mkdir(parents=True, exist_ok=True)
+                self.run_dir(run.id).symlink_to(source, target_is_directory=True)
+                self.opts.say(f"[{_clock()}] shared {run.id}: done in {source}")
+                linked += 1
+            if not linked:
+                return plan
+            plan = self.replan()
 
     def selected(self, run_id: str) -> bool:
         """Whether ``--only`` lets ``run_id`` run."""
@@ -197,11 +261,17 @@ class StudyRunner:
         plan = self.replan()
         lines = []
         width = max([len(r) for r in plan.runs] + [40])
+        linked: dict[str, Path] = {}
         for run_id, run in plan.runs.items():
+            st = self.status(run_id)
+            source = self.shared_source(run, linked) if st.state == "pending" else None
+            if source is not None:
+                linked[run_id] = source
             if not self.selected(run_id):
                 continue
-            st = self.status(run_id)
-            if st.state == "done":
+            if source is not None:
+                text = f"done in {source} (linked when the study runs)"
+            elif st.state == "done":
                 text = "done"
             elif st.state == "partial":
                 text = f"partial epoch {st.epoch}/{run.cfg.schedule.epochs}"
@@ -389,7 +459,7 @@ class StudyRunner:
         with self._lock():
             self._clean_temporaries()
             self._prepare_data()
-            plan = self.replan()
+            plan = self._share_finished(self.replan())
             for run in plan.runs.values():  # finished before an interruption: copy them now
                 if run_status(self.run_dir(run.id)).state == "done":
                     self.sync(run)
@@ -431,7 +501,7 @@ class StudyRunner:
                     for run_id, rc in ended:
                         child = running.pop(run_id)
                         msg = self._finish(child, rc)
-                        plan = self.replan()
+                        plan = self._share_finished(self.replan())
                         done, total = self._counts(plan)
                         if msg is None:
                             m = done_metrics(self.run_dir(run_id)) or {}
