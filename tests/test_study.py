@@ -605,7 +605,7 @@ def test_report_numbers_from_per_run_files(tmp_path):
         for seed in (0, 1, 2):
             if iou[row][seed] is not None:
                 run_id = plan.cells[("syn", "methods", row, seed)]
-                files[run_id] = _metrics(iou[row][seed], last[row][seed], 0.1)
+                files[run_id] = _metrics(iou[row][seed], last[row][seed], iou[row][seed] + 0.2)
     for run_id, m in files.items():
         (res / "runs" / run_id).mkdir(parents=True)
         (res / "runs" / run_id / "metrics.json").write_text(json.dumps(m))
@@ -642,9 +642,41 @@ def test_report_numbers_from_per_run_files(tmp_path):
     assert rows["student"]["diff_best"]["iou"]["mean"] == 0.0
 
     md = format_table(table)
-    assert "| msa_awmse | 3/3 | 35.33 ± 2.52 |" in md and "| fitnet | 1/3 | 31.00 |" in md
+    assert msa["val_iou"]["mean"] == pytest.approx(statistics.mean(iou["msa_awmse"]) + 0.2)
+    assert "| msa_awmse | 3/3 | 55.33 ± 2.52 | 35.33 ± 2.52 |" in md
+    assert "| fitnet | 1/3 | 51.00 | 31.00 |" in md and "step by step" not in md
     assert "+1.00" in md  # fitnet ΔIoU 1 point, and gaps shown signed
     assert tuning_report(study, plan) == {"seed": None, "datasets": {}}
+
+
+def test_report_of_students_in_steps_shows_each_step_and_the_paired_change(tmp_path):
+    spec = _with(datasets__syn__student=["student.yaml", "step2.yaml"])
+    study = load_study(write_study(tmp_path, spec))
+    root, res = tmp_path / "W" / "tiny", tmp_path / "R" / "tiny"
+    plan = validate_study(study, root)
+    step1 = {"student": [0.30, 0.40], "msa_awmse": [0.50, 0.45]}
+    step2 = {"student": [0.35, 0.38], "msa_awmse": [0.55, 0.46]}
+    for row in step1:
+        for seed in (0, 1):
+            final = plan.cells[("syn", "methods", row, seed)]
+            for run_id, v in ((plan.runs[final].init, step1), (final, step2)):
+                (res / "runs" / str(run_id)).mkdir(parents=True)
+                m = _metrics(v[row][seed], v[row][seed], v[row][seed] + 0.1)
+                (res / "runs" / str(run_id) / "metrics.json").write_text(json.dumps(m))
+    table = aggregate(study, plan, res, "results/tiny")
+    rows = {r["row"]: r for r in table["datasets"]["syn"]["methods"]}
+    msa = rows["msa_awmse"]
+    assert msa["best"]["iou"]["mean"] == pytest.approx(0.505)  # the table is the last step
+    one, two = msa["steps"]
+    assert one["run_ids"] == [plan.runs[r].init for r in msa["run_ids"]]
+    assert one["iou"]["mean"] == pytest.approx(0.475) and two["iou"]["mean"] == pytest.approx(0.505)
+    assert one["val_iou"]["mean"] == pytest.approx(0.575)
+    assert two["diff_to_step_before"]["mean"] == pytest.approx(0.03)
+    assert two["diff_to_step_before"]["n_positive"] == 2
+    assert rows["student"]["steps"][1]["diff_to_step_before"]["n_positive"] == 1
+    md = format_table(table)
+    assert "### Main table, step by step" in md
+    assert "| msa_awmse | 47.50 ± 3.54 | 57.50 ± 3.54 | 50.50 ± 6.36 | 60.50 ± 6.36 | +3.00" in md
 
 
 # ----------------------------------------------------------------------------- failures

@@ -51,6 +51,62 @@ def _run_figures(results: Path, run_id: str | None) -> dict[str, Any] | None:
     return {k: figures(m, k) for k in KINDS}
 
 
+def _chain(plan: Plan, run_id: str) -> list[str]:
+    """The run ids of a student trained in steps, first step first (one id: one step)."""
+    chain = [run_id]
+    while (run := plan.runs.get(chain[0])) is not None and run.init is not None:
+        chain.insert(0, run.init)
+    return chain
+
+
+def _val(results: Path, run_id: str) -> float | None:
+    m = done_metrics(results / "runs" / run_id)
+    v = None if m is None else m.get("best_val")
+    return None if v is None else float(v)
+
+
+def _steps(
+    study: Study, plan: Plan, results: Path, runs: Mapping[int, str]
+) -> list[dict[str, Any]]:
+    """Per step of a row's students: test IoU (best-on-val weights) and validation IoU."""
+    chains = {s: _chain(plan, r) for s, r in runs.items()}
+    n = max((len(c) for c in chains.values()), default=1)
+    if n < 2:
+        return []
+    out: list[dict[str, Any]] = []
+    prev: dict[int, float] = {}
+    for k in range(n):
+        iou: dict[int, float] = {}
+        val: dict[int, float] = {}
+        ids = {}
+        for seed, chain in chains.items():
+            ids[seed] = chain[k]
+            figs = _run_figures(results, chain[k])
+            if figs is not None and figs["best"]["iou"] is not None:
+                iou[seed] = figs["best"]["iou"]
+            v = _val(results, chain[k])
+            if v is not None:
+                val[seed] = v
+        diff = {s: iou[s] - prev[s] for s in iou if s in prev}
+        out.append(
+            {
+                "step": k + 1,
+                "run_ids": [ids[s] for s in sorted(ids)],
+                "iou": {**mean_std(list(iou.values())), "values": {str(s): iou[s] for s in iou}},
+                "val_iou": {
+                    **mean_std(list(val.values())),
+                    "values": {str(s): val[s] for s in val},
+                },
+                "diff_to_step_before": {
+                    **mean_std(list(diff.values())),
+                    "n_positive": sum(1 for v in diff.values() if v > 0),
+                },
+            }
+        )
+        prev = iou
+    return out
+
+
 def _row(
     study: Study,
     plan: Plan,
@@ -81,6 +137,8 @@ def _row(
         "missing_seeds": [s for s in study.seeds if s not in per_seed],
         "run_ids": [runs[s] for s in sorted(runs)],
         "runs": [f"{shown}/runs/{runs[s]}" for s in sorted(runs)],
+        "val_iou": mean_std([v for s in sorted(runs) if (v := _val(results, runs[s])) is not None]),
+        "steps": _steps(study, plan, results, runs),
     }
     for kind in KINDS:
         stats = {}
@@ -188,8 +246,29 @@ def _ms(m: str, stat: Mapping[str, Any], *, signed: bool = False) -> str:
     return mean + ("" if std is None else f" ± {_pct(m, std)}")
 
 
+def _steps_section(rows: list[dict[str, Any]]) -> list[str]:
+    """Each row's students step by step: test IoU (best-on-val), validation IoU, the change."""
+    n = max(len(r["steps"]) for r in rows)
+    head = ["row"]
+    for k in range(1, n + 1):
+        head += [f"step {k}: IoU %", f"step {k}: val IoU %"]
+        if k > 1:
+            head.append(f"ΔIoU step {k - 1} -> {k}")
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        cells = [r["row"]]
+        for k, step in enumerate(r["steps"]):
+            cells += [_ms("iou", step["iou"]), _ms("iou", step["val_iou"])]
+            if k:
+                d = step["diff_to_step_before"]
+                cells.append(_ms("iou", d, signed=True) + f" ({d['n_positive']}/{d['n']})")
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
 def _section(rows: list[dict[str, Any]], kind: str, reference: str, n_seeds: int) -> list[str]:
-    head = ["row", "n", *(_LABEL[m] for m in METRICS), f"ΔIoU vs {reference}", "ΔIoU > 0"]
+    head = ["row", "n", "val IoU %", *(_LABEL[m] for m in METRICS)]
+    head += [f"ΔIoU vs {reference}", "ΔIoU > 0"]
     head.append("IoU gap to teacher")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
@@ -198,6 +277,7 @@ def _section(rows: list[dict[str, Any]], kind: str, reference: str, n_seeds: int
         cells = [
             r["row"],
             f"{r['n']}/{n_seeds}",
+            _ms("iou", r["val_iou"]) if kind == "best" else "-",
             *(_ms(m, r[kind][m]) for m in METRICS),
             _ms("iou", d, signed=True),
             f"{d['n_positive']}/{d['n']}" if d["n"] else "-",
@@ -214,7 +294,8 @@ def format_table(table: Mapping[str, Any]) -> str:
     out = [
         f"# Study {table['study']}",
         "",
-        "Test split. mean ± sample std (ddof=1) over seeds; IoU, nIoU, Pd in %, Fa x 1e-6. "
+        "Test split. mean ± sample std (ddof=1) over seeds; IoU, nIoU, Pd in %, Fa x 1e-6; "
+        "val IoU: the validation IoU that chose the best-on-validation weights. "
         f"ΔIoU: paired difference to the `{ref}` row (same seed), in points; `ΔIoU > 0`: "
         "seeds where the row beats it. Gap: row mean minus the teacher. Generated by "
         "`irkd study --report` from `runs/*/metrics.json` (see `table.json`).",
@@ -236,6 +317,13 @@ def format_table(table: Mapping[str, Any]) -> str:
             for kind, what in (("best", "best-on-validation weights"), ("last", "last epoch")):
                 out += ["", f"### {title}, {what}", ""]
                 out += _section(entry[tbl], kind, ref, n_seeds)
+            if any(r.get("steps") for r in entry[tbl]):
+                out += ["", f"### {title}, step by step (students trained in steps)", ""]
+                out.append(
+                    "Test IoU of each step's best-on-validation weights, the validation IoU "
+                    "that chose them, and the paired change from the step before (seeds up)."
+                )
+                out += [""] + _steps_section(entry[tbl])
     return "\n".join(out) + "\n"
 
 
