@@ -51,7 +51,7 @@ __all__ = [
     "resolved_config",
     "resume_changes",
     "run_folder_lock",
-    "same_run",
+    "run_signature",
 ]
 
 RUN_MARKER = ".irkd-run"
@@ -302,22 +302,22 @@ def _same_weights_alike(saved: dict, now: dict) -> None:
                 old["checkpoint"] = new["checkpoint"]
 
 
-def same_run(saved_path: Path, cfg: ExperimentConfig) -> bool:
-    """Whether the run whose config is saved at ``saved_path`` trains exactly what ``cfg`` does.
+def run_signature(cfg: ExperimentConfig) -> str:
+    """What a run trains, as text: two configs with one signature train the same run.
 
-    Every field is compared except ``name``; ``data.root`` resolved, and the starting and
-    teacher weights as files (see :func:`_config_diff`). Unreadable: False.
+    Every field but ``name``; ``data.root`` resolved; the starting and teacher weights
+    (``model.checkpoint``, ``teacher.checkpoint``) as the real path of the file they lead
+    to (through links), where it exists.
     """
-    try:
-        saved = config_to_dict(load_config(saved_path))
-    except (OSError, ConfigError):
-        return False
-    now = config_to_dict(cfg)
-    for d in (saved, now):
-        d.pop("name", None)
-        d["data"]["root"] = _resolved_root(d["data"]["root"])
-    _same_weights_alike(saved, now)
-    return saved == now
+    d = config_to_dict(cfg)
+    d.pop("name", None)
+    d["data"]["root"] = _resolved_root(d["data"]["root"])
+    for net in ("model", "teacher"):
+        sec = d.get(net) or {}
+        path = sec.get("checkpoint")
+        if path and Path(path).expanduser().exists():
+            sec["checkpoint"] = os.path.realpath(Path(path).expanduser())
+    return json.dumps(d, sort_keys=True, default=str)
 
 
 def _config_diff(saved_path: Path, cfg: ExperimentConfig, *, resume: bool = False) -> list[str]:

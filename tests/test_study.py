@@ -458,6 +458,11 @@ def test_a_run_another_study_finished_with_the_same_config_is_linked_not_retrain
     )
     lines: list[str] = []
     second = StudyRunner(load_study(path), Options(runs_dir=runs, say=lines.append))
+    # FitNet seed 0 of the second study, finished in the first under another name and id
+    f0 = second.plan.cells[("syn", "methods", "fitnet", 0)]
+    elsewhere = runs / "tiny" / "syn-tune-fitnet-lam1-s0-0123abcd"
+    mine = f"teacher.checkpoint={runs / 'tiny' / teacher / 'best.safetensors'}"
+    _fake_done(elsewhere, apply_overrides(second.plan.runs[f0].cfg, ["name=x", mine]))
     assert {teacher, d0, s0, s1} <= set(second.plan.runs)  # ids: the configs, not the study
     dry = {line.split()[0]: line for line in second.describe()}
     assert f"done in {runs / 'tiny' / teacher} (linked" in dry[teacher]
@@ -467,8 +472,9 @@ def test_a_run_another_study_finished_with_the_same_config_is_linked_not_retrain
     root = runs / "other"
     linked = sorted(p.name for p in root.iterdir() if p.is_symlink())
     # the teacher first, so that the distilled run's teacher weights are the same file
-    assert linked == sorted([teacher, d0, s0])
-    assert all((root / r).resolve() == runs / "tiny" / r for r in linked)
+    assert linked == sorted([teacher, d0, s0, f0])
+    assert all((root / r).resolve() == runs / "tiny" / r for r in linked if r != f0)
+    assert (root / f0).resolve() == elsewhere
     assert lines[0].endswith(f"shared {teacher}: done in {runs / 'tiny' / teacher}")
     assert second.status(d0).state == "done" and second.status(s1).state == "pending"
     # off: nothing is linked

@@ -28,11 +28,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from irkd.config import save_config
+from irkd.config import ConfigError, load_config, save_config
 from irkd.data.prepare import resolve_dataset
 from irkd.dist import free_port, launch_command, launch_env
 from irkd.files import write_json_atomic, write_text_atomic
-from irkd.rundir import same_run
+from irkd.rundir import run_signature
 from irkd.study.plan import Plan, RunSpec, build_plan, validate_study
 from irkd.study.proc import Child, log_tail, spawn, stop_all, wait_any
 from irkd.study.report import aggregate, format_table, format_tuning, tuning_report
@@ -71,7 +71,7 @@ class Options:
         results_dir: Parent of ``<study name>/`` (the committed results).
         cache: Synthetic data cache (``irkd train --cache``).
         share: Link a finished run of another study in ``runs_dir`` that trained exactly
-            this run's config (same id hash, :func:`irkd.rundir.same_run`) instead of
+            this run's config (:func:`irkd.rundir.run_signature`) instead of
             training it again.
         say: Where progress lines go.
     """
@@ -143,15 +143,50 @@ class StudyRunner:
         self.plan = build_plan(self.study, self.root, self.done_val())
         return self.plan
 
-    def shared_source(self, run: RunSpec, linked: Mapping[str, Path] | None = None) -> Path | None:
-        """A finished run folder of another study in ``runs_dir`` that is this run.
+    def finished_elsewhere(self) -> dict[str, Path]:
+        """The finished runs of the other studies in ``runs_dir``: signature -> folder.
 
-        Only for a run without a folder of its own, with ``share`` on: a folder of a sibling
-        study named ``*-<this run's hash>``, done, with its ``best.safetensors``, whose
-        config trains exactly ``run.cfg`` (:func:`irkd.rundir.same_run`: the name aside,
-        the weights it starts from and its teacher's compared as files). The first in name
-        order. ``linked``: run id -> the folder it would be linked to (a dry run, which
-        links nothing: the runs after a shared teacher or step are found shared too).
+        A folder counts when it is done and has its ``best.safetensors``; the signature is
+        :func:`irkd.rundir.run_signature` of its ``config.yaml``. The first folder in name
+        order wins.
+        """
+        out: dict[str, Path] = {}
+        parent = Path(self.opts.runs_dir)
+        if not self.opts.share or not parent.is_dir():
+            return out
+        for other in sorted(parent.iterdir()):
+            if not other.is_dir() or other.resolve() == self.root.resolve():
+                continue
+            for folder in sorted(other.iterdir()):
+                if (
+                    folder.name.startswith(".")
+                    or not folder.is_dir()
+                    or run_status(folder).state != "done"
+                    or not (folder / "best.safetensors").is_file()
+                ):
+                    continue
+                try:
+                    sig = run_signature(load_config(folder / "config.yaml"))
+                except (OSError, ConfigError):
+                    continue
+                out.setdefault(sig, folder.resolve())
+        return out
+
+    def shared_source(
+        self,
+        run: RunSpec,
+        finished: Mapping[str, Path],
+        linked: Mapping[str, Path] | None = None,
+    ) -> Path | None:
+        """A finished run folder of another study that trained exactly this run.
+
+        Only for a run without a folder of its own, with ``share`` on: the folder of
+        ``finished`` (:meth:`finished_elsewhere`) whose config has this run's signature
+        (every field but the name; the weights it starts from and its teacher's as the files
+        they lead to). Found whatever the folder is named: a tuning run, or a step after
+        one, is the same run as a row's. ``linked``: run id -> the folder it would be linked
+        to (a dry run, which links nothing: the runs after a shared teacher or step are
+        found shared too).
         """
         if not self.opts.share or os.path.lexists(self.run_dir(run.id)):
             return None
@@ -163,22 +198,7 @@ class StudyRunner:
                 cfg.model.checkpoint = str(init / "best.safetensors")
             if teacher is not None and cfg.teacher is not None:
                 cfg.teacher.checkpoint = str(teacher / "best.safetensors")
-        parent = Path(self.opts.runs_dir)
-        if not parent.is_dir():
-            return None
-        digest = run.id.rsplit("-", 1)[1]
-        for other in sorted(parent.iterdir()):
-            if other.resolve() == self.root.resolve() or not other.is_dir():
-                continue
-            for folder in sorted(other.glob(f"*-{digest}")):
-                if (
-                    folder.is_dir()
-                    and run_status(folder).state == "done"
-                    and (folder / "best.safetensors").is_file()
-                    and same_run(folder / "config.yaml", cfg)
-                ):
-                    return folder.resolve()
-        return None
+        return finished.get(run_signature(cfg))
 
     def _share_finished(self, plan: Plan) -> Plan:
         """Link every run another study has finished; return the plan after it.
@@ -186,10 +206,13 @@ class StudyRunner:
         In plan order: a teacher or an earlier step first, so that the runs after it find
         their weights' paths leading to the same files.
         """
+        finished = self.finished_elsewhere()
+        if not finished:
+            return plan
         while True:
             linked = 0
             for run in plan.runs.values():
-                source = self.shared_source(run)
+                source = self.shared_source(run, finished)
                 if source is None:
                     continue
                 self.root.mkdir(parents=True, exist_ok=True)
@@ -262,9 +285,10 @@ class StudyRunner:
         lines = []
         width = max([len(r) for r in plan.runs] + [40])
         linked: dict[str, Path] = {}
+        finished = self.finished_elsewhere()
         for run_id, run in plan.runs.items():
             st = self.status(run_id)
-            source = self.shared_source(run, linked) if st.state == "pending" else None
+            source = self.shared_source(run, finished, linked) if st.state == "pending" else None
             if source is not None:
                 linked[run_id] = source
             if not self.selected(run_id):
