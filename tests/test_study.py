@@ -510,6 +510,34 @@ def test_a_teacher_in_steps_trains_step_two_from_step_one(tmp_path, cache):
     assert max(float(abs(w1[k] - w2[k]).max()) for k in keys) < 1e-5
 
 
+@pytest.mark.slow  # a teacher and two student steps, real runs in subprocesses
+def test_a_distilled_student_in_steps_trains_step_two_alone_from_step_one(tmp_path, cache):
+    alone = {"config": "step2.yaml", "overrides": ["method.name=none"]}
+    path = write_study(tmp_path, _with(datasets__syn__student=["student.yaml", alone]))
+    cmd = study_cmd(path, tmp_path, cache, "--only", "syn-teacher*", "--only", "syn-msa_awmse-s0*")
+    res = subprocess.run(cmd, capture_output=True, text=True, env=ENV, cwd=tmp_path, timeout=600)
+    assert res.returncode == 0, res.stdout + res.stderr
+    root = tmp_path / "W" / "tiny"
+    (first,) = root.glob("syn-msa_awmse-s0-[0-9a-f]*")
+    (final,) = root.glob("syn-msa_awmse-s0-step2-*")
+    assert res.stdout.index(f"start {first.name} (distill") < res.stdout.index(
+        f"start {final.name} (train"
+    )
+    cfg = yaml.safe_load((final / "config.yaml").read_text())
+    assert cfg["model"]["checkpoint"] == str(first / "best.safetensors")
+    assert cfg["teacher"] is None and cfg["data"]["crop"] == 64
+    from irkd.weights import load_neutral
+
+    w1 = load_neutral(first / "best.safetensors")[0]
+    w2 = load_neutral(final / "checkpoints" / "last" / "student.safetensors")[0]
+    keys = [k for k in w1 if w1[k].size and not k.rsplit(".", 1)[-1].startswith(("running", "num"))]
+    assert len(keys) > 10
+    assert max(float(abs(w1[k] - w2[k]).max()) for k in keys) < 1e-5  # lr 1e-7: still step 1's
+    table = json.loads((tmp_path / "R" / "tiny" / "table.json").read_text())
+    (msa,) = [r for r in table["datasets"]["syn"]["methods"] if r["row"] == "msa_awmse"]
+    assert msa["run_ids"] == [final.name] and msa["steps"][0]["run_ids"] == [first.name]
+
+
 def test_dry_run_statuses_and_only(tmp_path, capsys):
     path = write_study(tmp_path)
     work = tmp_path
