@@ -279,27 +279,23 @@ def _resolved_root(root: str | None) -> str | None:
     return None if root is None else str(Path(root).expanduser().resolve())
 
 
-def _same_file(a: str, b: str) -> bool:
-    """Whether two paths lead to one existing file (through links, relative or not)."""
-    try:
-        return os.path.samefile(Path(a).expanduser(), Path(b).expanduser())
-    except OSError:
-        return False
-
-
 def resolved_config(cfg: ExperimentConfig) -> ExperimentConfig:
     """``cfg`` with ``data.root`` absolute: a run folder's config.yaml resumes from anywhere."""
     root = _resolved_root(cfg.data.root)
     return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, root=root))
 
 
-def _same_weights_alike(saved: dict, now: dict) -> None:
-    """Give ``saved`` ``now``'s checkpoint paths where both lead to one file."""
+def _weights_as_files(d: dict) -> None:
+    """Replace, in a config dict, the starting and teacher weights' paths by real paths.
+
+    A path is replaced by the real path of the file it leads to (through links), where it
+    exists, so that two paths to one file compare equal.
+    """
     for net in ("model", "teacher"):
-        old, new = saved.get(net) or {}, now.get(net) or {}
-        if old.get("checkpoint") and new.get("checkpoint"):
-            if _same_file(old["checkpoint"], new["checkpoint"]):
-                old["checkpoint"] = new["checkpoint"]
+        sec = d.get(net) or {}
+        path = sec.get("checkpoint")
+        if path and Path(path).expanduser().exists():
+            sec["checkpoint"] = os.path.realpath(Path(path).expanduser())
 
 
 def run_signature(cfg: ExperimentConfig) -> str:
@@ -312,11 +308,7 @@ def run_signature(cfg: ExperimentConfig) -> str:
     d = config_to_dict(cfg)
     d.pop("name", None)
     d["data"]["root"] = _resolved_root(d["data"]["root"])
-    for net in ("model", "teacher"):
-        sec = d.get(net) or {}
-        path = sec.get("checkpoint")
-        if path and Path(path).expanduser().exists():
-            sec["checkpoint"] = os.path.realpath(Path(path).expanduser())
+    _weights_as_files(d)
     return json.dumps(d, sort_keys=True, default=str)
 
 
@@ -331,7 +323,8 @@ def _config_diff(saved_path: Path, cfg: ExperimentConfig, *, resume: bool = Fals
     saved = config_to_dict(load_config(saved_path))
     now = config_to_dict(cfg)
     saved["schedule"]["epochs"] = now["schedule"]["epochs"]
-    _same_weights_alike(saved, now)
+    _weights_as_files(saved)
+    _weights_as_files(now)
     if resume:
         saved["data"]["root"] = now["data"]["root"]
     else:

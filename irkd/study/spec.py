@@ -366,8 +366,31 @@ def _read_yaml(path: Path) -> dict:
     return data
 
 
-def _same_net(a: Any, b: Any) -> bool:
-    return (a.name, a.kwargs) == (b.name, b.kwargs)
+def _net(net: Any) -> tuple[str, dict] | None:
+    """A network config as (name, kwargs); None for no network."""
+    return None if net is None else (net.name, net.kwargs)
+
+
+def _check_later_step(
+    study: Study, key: str, cfg: ExperimentConfig, before: ExperimentConfig, who: str, what: str
+) -> None:
+    """Check a later step of a teacher or student: ``before``'s network, no weights of its own.
+
+    ``who``: ``teacher`` or ``student``; ``what``: how the message names ``before``.
+    """
+    if _net(cfg.model) != _net(before.model):
+        m, b = cfg.model, before.model
+        raise study.fail(
+            key,
+            f"trains {m.name} {m.kwargs or ''}, {what} {b.name} {b.kwargs or ''}: each step "
+            "starts from the previous one's weights, so every step trains the same network",
+        )
+    if cfg.model.checkpoint is not None:
+        raise study.fail(
+            key,
+            f"sets model.checkpoint ({cfg.model.checkpoint}); a later {who} step starts from "
+            "the previous step's best weights: remove it",
+        )
 
 
 def _load_students(study: Study, ds: str, spec: DatasetSpec) -> None:
@@ -389,26 +412,9 @@ def _load_students(study: Study, ds: str, spec: DatasetSpec) -> None:
         except ConfigError as exc:
             raise study.fail(f"{skey}.overrides", str(exc)) from None
         if loaded:
-            first = loaded[0]
-            if not _same_net(cfg.model, first.model):
-                raise study.fail(
-                    skey,
-                    f"trains {cfg.model.name} {cfg.model.kwargs or ''}, the first step "
-                    f"{first.model.name} {first.model.kwargs or ''}: each step starts from the "
-                    "previous one's weights, so every step trains the same network",
-                )
-            if (cfg.teacher is None) != (first.teacher is None) or (
-                cfg.teacher is not None
-                and first.teacher is not None
-                and not _same_net(cfg.teacher, first.teacher)
-            ):
+            _check_later_step(study, skey, cfg, loaded[0], "student", "the first step")
+            if _net(cfg.teacher) != _net(loaded[0].teacher):
                 raise study.fail(skey, "names another teacher network than the first step")
-            if cfg.model.checkpoint is not None:
-                raise study.fail(
-                    skey,
-                    f"sets model.checkpoint ({cfg.model.checkpoint}); a later student step "
-                    "starts from the previous step's best weights: remove it",
-                )
         loaded.append(cfg)
     study.students[ds] = loaded[0]
     study.student_steps[ds] = loaded[1:]
@@ -435,20 +441,7 @@ def _load_configs(study: Study) -> None:
                     "set method.name: none or teacher: null in it",
                 )
             if loaded:
-                prev = loaded[-1].model
-                if not _same_net(teacher.model, prev):
-                    raise study.fail(
-                        tkey,
-                        f"trains {teacher.model.name} {teacher.model.kwargs or ''}, the step "
-                        f"before it {prev.name} {prev.kwargs or ''}: each step starts from the "
-                        "previous one's weights, so every step trains the same network",
-                    )
-                if teacher.model.checkpoint is not None:
-                    raise study.fail(
-                        tkey,
-                        f"sets model.checkpoint ({teacher.model.checkpoint}); a later teacher "
-                        "step starts from the previous step's best weights: remove it",
-                    )
+                _check_later_step(study, tkey, teacher, loaded[-1], "teacher", "the step before it")
             loaded.append(teacher)
         study.teachers[ds] = loaded[-1] if loaded else None
         study.teacher_steps[ds] = loaded[:-1]
