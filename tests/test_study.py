@@ -609,6 +609,39 @@ def test_committed_results_count_as_done_and_a_needed_teacher_is_retrained(tmp_p
     assert runner.status(s0).state == "pending"
 
 
+def test_a_fresh_machine_trains_again_the_chain_a_pending_step_needs(tmp_path):
+    # Students in steps, step 1 committed (done) and its weights gone, step 2 pending: step 1
+    # is trained again, and so is the teacher it distils from.
+    alone = {"config": "step2.yaml", "overrides": ["method.name=none"]}
+    study = load_study(write_study(tmp_path, _with(datasets__syn__student=["student.yaml", alone])))
+    runner = StudyRunner(study, Options(runs_dir=tmp_path / "W", results_dir=tmp_path / "R"))
+    plan = runner.plan
+    t = plan.teachers["syn"]
+    final = plan.runs[plan.cells[("syn", "methods", "msa_awmse", 0)]]
+    first = str(final.init)
+    assert plan.runs[first].teacher == t and final.teacher is None
+    for run_id in plan.runs:
+        if run_id != final.id:
+            dest = tmp_path / "R/tiny/runs" / run_id
+            dest.mkdir(parents=True)
+            (dest / "metrics.json").write_text(json.dumps({"best_val": 0.1, "last": {}}))
+    assert runner.status(first).state == runner.status(t).state == "done"
+    assert runner.needs_weights(first, plan) and runner.needs_weights(t, plan)
+    lines = {line.split()[0]: line for line in runner.describe()}
+    assert "trained again" in lines[t] and "trained again" in lines[first]
+    # only what the selected runs need: with step 2 left out, nothing is trained again
+    runner.opts.only = [t, first]
+    assert not runner.needs_weights(first, plan) and not runner.needs_weights(t, plan)
+    # once step 1's weights are there, the teacher's are no longer needed
+    runner.opts.only = []
+    (tmp_path / "W/tiny" / first).mkdir(parents=True)
+    (tmp_path / "W/tiny" / first / "best.safetensors").write_bytes(b"x")
+    (tmp_path / "W/tiny" / first / "metrics.json").write_text(
+        json.dumps({"best_val": 0.1, "last": {}})
+    )
+    assert not runner.needs_weights(first, plan) and not runner.needs_weights(t, plan)
+
+
 # ----------------------------------------------------------------------------- the report
 
 

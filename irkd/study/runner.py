@@ -242,14 +242,24 @@ class StudyRunner:
         return st
 
     def needs_weights(self, run_id: str, plan: Plan) -> bool:
-        """Whether ``run_id``'s weights are missing but still needed (a teacher, a step)."""
+        """Whether ``run_id``'s weights are missing but still needed (a teacher, a step).
+
+        Needed by a selected run that will train: one not done, or one done whose own weights
+        are needed in turn (on a fresh machine, the step 1 of a pending step 2 is trained
+        again, and so is the teacher it distils from).
+        """
         if (self.run_dir(run_id) / "best.safetensors").is_file():
             return False
         return any(
             run_id in r.needs
             and self.selected(r.id)
-            and run_status(self.run_dir(r.id)).state != "done"
-            and self.status(r.id).state != "done"
+            and (
+                (
+                    run_status(self.run_dir(r.id)).state != "done"
+                    and self.status(r.id).state != "done"
+                )
+                or self.needs_weights(r.id, plan)
+            )
             for r in plan.runs.values()
         )
 
@@ -295,6 +305,8 @@ class StudyRunner:
                 continue
             if source is not None:
                 text = f"done in {source} (linked when the study runs)"
+            elif st.state == "done" and self.needs_weights(run_id, plan):
+                text = "done; trained again (its weights are gone and a run needs them)"
             elif st.state == "done":
                 text = "done"
             elif st.state == "partial":
