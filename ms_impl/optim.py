@@ -6,9 +6,10 @@ Which optimizer (``cfg.optim.name``), MindSpore side against the PyTorch twin
 =========  ===========================================  =================================
 name       MindSpore                                    PyTorch
 =========  ===========================================  =================================
-``adamw``  ``mindspore.experimental.optim.AdamW``       ``torch.optim.AdamW``
-``adam``   :class:`AdamL2` (experimental ``AdamW``      ``torch.optim.Adam``
-           without decoupled decay, L2 on the grad)
+``adamw``  :class:`FlatAdamW` (the experimental         ``torch.optim.AdamW``
+           ``AdamW``'s formula on one flat buffer)
+``adam``   :class:`FlatAdamW` without decoupled decay,  ``torch.optim.Adam``
+           L2 on the gradient
 ``sgd``    ``mindspore.experimental.optim.SGD``         ``torch.optim.SGD``
 =========  ===========================================  =================================
 
@@ -20,9 +21,20 @@ placement), and neither does ``mindspore.experimental.optim.Adam``: it runs ``op
 which adds epsilon *before* the bias correction, i.e. an effective epsilon of
 ``eps / sqrt(1 - beta2^t)`` (31x larger at the first step). Parameters whose gradients are
 around 1e-7 then move up to ``lr`` less per step than in PyTorch (figures in
-``docs/mindspore-notes.md``). ``adam`` therefore runs :class:`AdamL2`: the
-experimental AdamW with no decoupled decay (its ``p *= 1 - lr * 0`` is exact) after adding
-``wd * p`` to the gradient, which is PyTorch's Adam operation for operation.
+``docs/mindspore-notes.md``). ``adam`` therefore runs AdamW with no decoupled decay (its
+``p *= 1 - lr * 0`` is exact) after adding ``wd * p`` to the gradient, which is PyTorch's Adam
+operation for operation (:class:`AdamL2` on the experimental AdamW, :class:`FlatAdamW` with
+``l2``).
+
+**Why flat.** The experimental AdamW maps its update over the parameters one by one: about 20
+kernel launches per parameter tensor (``Mul``, ``Assign``, ``TensorMove``...), 5000 for a
+``dnanet_xs`` student, each costing MindSpore's CPU runtime about 20 us whatever its size
+(``docs/speed.md``, section 2). :class:`FlatAdamW` runs the same elementwise formula, operation
+for operation, once on the concatenated parameters and gradients with two flat moment
+buffers, then slices and assigns the result back: about 3 launches per parameter. The values
+are the experimental AdamW's bit for bit (``tests/test_train.py``). Its state file holds the
+two flat buffers (``flat.exp_avg``, ``flat.exp_avg_sq``); :func:`load_optimizer` still reads a
+per-parameter AdamW state (``exp_avg.<name>``...) of an earlier run, packing it.
 ``tests/test_train.py`` checks it (and prints the drift): three steps of a
 ``dnanet_xxs`` alone from the same weights on the same batch give bit-identical losses with
 SGD, AdamW and Adam; SGD's parameters agree within float32 rounding; Adam(W)'s within a small
@@ -79,6 +91,7 @@ from irkd.weights import Spec, WeightsError, check_strict
 
 __all__ = [
     "AdamL2",
+    "FlatAdamW",
     "OPTIMIZERS",
     "build_optimizer",
     "get_lr",
@@ -127,6 +140,106 @@ class AdamL2(optim.AdamW):
         return super().construct(gradients)
 
 
+class FlatAdamW(optim.Optimizer):
+    """The experimental ``AdamW``'s update run once over all parameters, flattened.
+
+    Same values as ``mindspore.experimental.optim.AdamW`` (``l2=0``) and as :class:`AdamL2`
+    (``weight_decay=0``, ``l2`` its decay), element for element; about 3 kernel launches per
+    parameter instead of about 20 (module docstring, "Why flat").
+
+    Args:
+        params: Parameters to optimize (one group).
+        lr: Learning rate (kept in ``param_groups[0]["lr"]``, a ``Parameter``: :func:`set_lr`).
+        betas: ``(beta1, beta2)``.
+        eps: Added to the bias-corrected ``sqrt(v)`` (PyTorch's placement).
+        weight_decay: Decoupled decay, ``p *= 1 - lr * weight_decay`` (AdamW).
+        l2: L2 decay added to the gradient, ``g + l2 * p`` (Adam).
+
+    Attributes:
+        exp_avg: First moments of every parameter, concatenated (``flat.exp_avg``).
+        exp_avg_sq: Second moments (``flat.exp_avg_sq``).
+        state_step: Step counter (int32), as the experimental optimizers'.
+        offsets: Where each parameter starts in the flat buffers (and the total at the end).
+    """
+
+    def __init__(
+        self,
+        params: Sequence[Parameter],
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        l2: float = 0.0,
+    ) -> None:
+        for what, value in (("lr", lr), ("eps", eps), ("weight_decay", weight_decay), ("l2", l2)):
+            if value < 0.0:
+                raise ValueError(f"FlatAdamW: invalid {what} value: {value}")
+        if not (0.0 <= betas[0] < 1.0 and 0.0 <= betas[1] < 1.0):
+            raise ValueError(f"FlatAdamW: invalid betas: {betas}")
+        defaults = {
+            "lr": float(lr),
+            "betas": tuple(betas),
+            "eps": float(eps),
+            "weight_decay": float(weight_decay),
+        }
+        super().__init__(params, defaults)
+        if len(self.param_groups) != 1:
+            raise ValueError("FlatAdamW: one parameter group only")
+        self.beta1, self.beta2 = float(betas[0]), float(betas[1])
+        self.eps = float(eps)
+        self.weight_decay = float(weight_decay)
+        self.l2 = float(l2)
+        self.shapes = tuple(tuple(int(d) for d in p.shape) for p in self.parameters)
+        sizes = [int(np.prod(shape)) for shape in self.shapes]
+        self.offsets = tuple(int(o) for o in np.cumsum([0, *sizes]))
+        self.exp_avg = Parameter(
+            Tensor(np.zeros(self.offsets[-1], np.float32)), name="flat.exp_avg"
+        )
+        self.exp_avg_sq = Parameter(
+            Tensor(np.zeros(self.offsets[-1], np.float32)), name="flat.exp_avg_sq"
+        )
+        self.state_step = Parameter(Tensor(0, ms.int32), "state_step")
+        self.increase_tensor = Tensor(1, ms.int32)
+        self.assignadd = ops.AssignAdd()
+        self.pow = ops.Pow()
+
+    def construct(self, gradients: tuple[Tensor, ...]) -> bool:
+        """One step over every parameter; the operations of the experimental ``AdamW``."""
+        self.assignadd(self.state_step, self.increase_tensor)
+        return self.implementation(self.lrs[0], gradients)
+
+    @ms.jit
+    def implementation(self, lr: Parameter, gradients: tuple[Tensor, ...]) -> bool:
+        """The update, compiled in PyNative too.
+
+        As the experimental ``AdamW``'s: compiled values differ from op-by-op ones in the
+        last bit.
+        """
+        params = self.parameters
+        grad = ops.cat([ops.reshape(g, (-1,)) for g in gradients])
+        param = ops.cat([ops.reshape(p, (-1,)) for p in params])
+        if self.l2 != 0.0:  # as the experimental optimizers' _decay_weight: p * l2 + g
+            grad = param * Tensor(self.l2, ms.float32) + grad
+        # the experimental AdamW's prepare_func
+        weight_decay_new = 1 - lr * self.weight_decay
+        bias_correction1 = 1 - self.pow(self.beta1, self.state_step)
+        bias_correction2 = 1 - self.pow(self.beta2, self.state_step)
+        step_size = lr / bias_correction1
+        bias_correction2_sqrt = ops.sqrt(bias_correction2)
+        # and its per-parameter update, on the flat buffers
+        next_param = param * weight_decay_new
+        exp_avg = self.exp_avg * self.beta1 + grad * (1 - self.beta1)
+        exp_avg_sq = ops.addcmul(self.exp_avg_sq * self.beta2, grad, grad, 1 - self.beta2)
+        ops.assign(self.exp_avg, exp_avg)
+        ops.assign(self.exp_avg_sq, exp_avg_sq)
+        denom = ops.sqrt(exp_avg_sq) / bias_correction2_sqrt + self.eps
+        new = next_param - (exp_avg / denom) * step_size
+        for i in range(len(self.shapes)):
+            piece = new[self.offsets[i] : self.offsets[i + 1]]
+            ops.assign(params[i], ops.reshape(piece, self.shapes[i]))
+        return True
+
+
 def build_optimizer(params: Sequence[Parameter], optim_cfg: Any) -> optim.Optimizer:
     """The experimental MindSpore optimizer matching ``cfg.optim`` (and PyTorch's twin).
 
@@ -136,8 +249,8 @@ def build_optimizer(params: Sequence[Parameter], optim_cfg: Any) -> optim.Optimi
             ``momentum``, ``betas``, ``eps``).
 
     Returns:
-        ``AdamW`` (decoupled decay), :class:`AdamL2` (L2 decay) or ``SGD`` (momentum, L2
-        decay), one parameter group.
+        :class:`FlatAdamW` (``adamw``: decoupled decay; ``adam``: L2 decay) or ``SGD``
+        (momentum, L2 decay), one parameter group.
 
     Raises:
         ValueError: An unknown optimizer name or an empty parameter list.
@@ -147,14 +260,11 @@ def build_optimizer(params: Sequence[Parameter], optim_cfg: Any) -> optim.Optimi
         raise ValueError("build_optimizer: no trainable parameters")
     lr = float(optim_cfg.lr)
     wd = float(optim_cfg.weight_decay)
+    betas = (float(optim_cfg.betas[0]), float(optim_cfg.betas[1]))
     if optim_cfg.name == "adamw":
-        return optim.AdamW(
-            params, lr=lr, betas=tuple(optim_cfg.betas), eps=float(optim_cfg.eps), weight_decay=wd
-        )
+        return FlatAdamW(params, lr=lr, betas=betas, eps=float(optim_cfg.eps), weight_decay=wd)
     if optim_cfg.name == "adam":
-        return AdamL2(
-            params, lr=lr, betas=tuple(optim_cfg.betas), eps=float(optim_cfg.eps), weight_decay=wd
-        )
+        return FlatAdamW(params, lr=lr, betas=betas, eps=float(optim_cfg.eps), l2=wd)
     if optim_cfg.name == "sgd":
         return optim.SGD(params, lr=lr, momentum=float(optim_cfg.momentum), weight_decay=wd)
     raise ValueError(
@@ -246,8 +356,36 @@ def load_optimizer(optimizer: optim.Optimizer, path: str | os.PathLike[str]) -> 
         raise WeightsError(f"cannot read optimizer state {path}: {exc}") from None
     state = optimizer_state(optimizer)
     arrays = {name: t.asnumpy() for name, t in saved.items()}
+    if isinstance(optimizer, FlatAdamW):
+        arrays = _packed(optimizer, arrays)
     check_strict(_specs(state), arrays, what=f"optimizer state {path.name} does not fit")
     for name, p in state.items():
         # np.array, not np.ascontiguousarray: the latter turns a 0-d array (state_step, the
         # learning rates) into shape (1,).
         ops.assign(p, Tensor(np.array(arrays[name], order="C", copy=True)))
+
+
+_PER_PARAMETER = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
+"""The moment prefixes of the experimental AdamW's per-parameter state."""
+
+
+def _packed(optimizer: FlatAdamW, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """A per-parameter AdamW state (``exp_avg.<name>``...) in :class:`FlatAdamW`'s layout.
+
+    The state an earlier irkd wrote (``mindspore.experimental.optim.AdamW``, or
+    :class:`AdamL2`), so that its runs resume. Anything else is returned as it is, for the
+    strict check to name what does not fit; ``max_exp_avg_sq.*`` (AMSGrad, unused) is dropped.
+    """
+    if "flat.exp_avg" in arrays:
+        return arrays
+    names = [p.name for p in optimizer.parameters]
+    sizes = np.diff(optimizer.offsets)
+    used = {f"{key}.{name}" for key in _PER_PARAMETER for name in names}
+    out = {k: v for k, v in arrays.items() if k not in used}  # the rest: checked strictly
+    for key in ("exp_avg", "exp_avg_sq"):
+        parts = [arrays.get(f"{key}.{name}") for name in names]
+        if any(a is None or a.size != n for a, n in zip(parts, sizes, strict=True)):
+            return arrays
+        flat = np.concatenate([np.asarray(a, np.float32).reshape(-1) for a in parts])
+        out[f"flat.{key}"] = flat
+    return out

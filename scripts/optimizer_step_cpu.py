@@ -10,12 +10,13 @@ thread) and the number of parameter tensors::
 
     ONEDNN_MAX_CPU_ISA=AVX2 python scripts/optimizer_step_cpu.py mindspore --threads 1
     python scripts/optimizer_step_cpu.py pytorch --threads 1
-    ONEDNN_MAX_CPU_ISA=AVX2 python scripts/optimizer_step_cpu.py mindspore --threads 1 --flat
+    ONEDNN_MAX_CPU_ISA=AVX2 python scripts/optimizer_step_cpu.py mindspore --threads 1 \
+        --per-parameter
 
-``--flat`` times a prototype instead (MindSpore only, not used by irkd): the same AdamW
-formula as ``mindspore.experimental.optim.AdamW``, operation for operation, run once on the
-concatenated parameters and gradients with flat moment buffers, then split and assigned back
-to the parameters: about 3 launches per parameter (slice, reshape, assign) instead of about 20.
+irkd's MindSpore AdamW is ``ms_impl.optim.FlatAdamW`` (one update over the flattened
+parameters, about 3 launches per parameter). ``--per-parameter`` times the optimizer it
+replaced instead, ``mindspore.experimental.optim.AdamW`` (about 20 launches per parameter;
+the same values, bit for bit).
 """
 
 from __future__ import annotations
@@ -33,45 +34,6 @@ sys.path.insert(0, str(ROOT))
 import irkd  # noqa: E402,F401  (OMP_WAIT_POLICY=PASSIVE before any framework loads)
 
 
-def flat_adamw(params: list, optim_cfg: object) -> object:
-    """A compiled flat AdamW update over ``params`` (the prototype of ``--flat``)."""
-    import mindspore as ms
-    import numpy as np
-    from mindspore import ops
-
-    beta1, beta2 = (float(b) for b in optim_cfg.betas)  # type: ignore[attr-defined]
-    eps = float(optim_cfg.eps)  # type: ignore[attr-defined]
-    n = int(sum(int(np.prod(p.shape)) for p in params))
-    sizes = tuple(int(np.prod(p.shape)) for p in params)
-    shapes = tuple(tuple(p.shape) for p in params)
-    exp_avg = ms.Parameter(ms.Tensor(np.zeros(n, np.float32)), name="flat_exp_avg")
-    exp_avg_sq = ms.Parameter(ms.Tensor(np.zeros(n, np.float32)), name="flat_exp_avg_sq")
-    step = ms.Parameter(ms.Tensor(np.float32(0.0)), name="flat_step")
-    lr = ms.Parameter(ms.Tensor(np.float32(optim_cfg.lr)), name="flat_lr")  # type: ignore[attr-defined]
-    wd = float(optim_cfg.weight_decay)  # type: ignore[attr-defined]
-    offsets = tuple(int(o) for o in np.cumsum((0,) + sizes))
-    ms.set_recursion_limit(10000)  # the loops below unroll over every parameter
-
-    @ms.jit
-    def update(*grads: ms.Tensor) -> ms.Tensor:
-        ops.assign_add(step, ops.ones((), ms.float32))
-        wd_new = 1 - lr * wd
-        step_size = lr / (1 - ops.pow(beta1, step))
-        bc2_sqrt = ops.sqrt(1 - ops.pow(beta2, step))
-        g = ops.cat([x.reshape(-1) for x in grads])
-        p = ops.cat([x.reshape(-1) for x in params])
-        next_p = ops.mul(p, wd_new)
-        ops.assign(exp_avg, ops.mul(exp_avg, beta1) + ops.mul(g, 1 - beta1))
-        ops.assign(exp_avg_sq, ops.addcmul(ops.mul(exp_avg_sq, beta2), g, g, 1 - beta2))
-        denom = ops.sqrt(exp_avg_sq) / bc2_sqrt + eps
-        new = next_p - ops.mul(exp_avg / denom, step_size)
-        for i in range(len(params)):
-            ops.assign(params[i], new[offsets[i] : offsets[i + 1]].reshape(shapes[i]))
-        return g[0]
-
-    return update
-
-
 def main() -> int:
     """Command line: see the module docstring."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -79,7 +41,11 @@ def main() -> int:
     ap.add_argument("--network", default="dnanet_xs")
     ap.add_argument("--calls", type=int, default=8)
     ap.add_argument("--threads", type=int, default=0, help="0: the framework's (irkd's) choice")
-    ap.add_argument("--flat", action="store_true", help="MindSpore: the flat prototype")
+    ap.add_argument(
+        "--per-parameter",
+        action="store_true",
+        help="MindSpore: the experimental AdamW that irkd used before FlatAdamW",
+    )
     args = ap.parse_args()
     import numpy as np
 
@@ -99,19 +65,20 @@ def main() -> int:
             ms.device_context.cpu.op_tuning.threads_num(args.threads)
         ms.set_context(mode=ms.GRAPH_MODE)
         params = list(create_model(args.network).trainable_params())
-        opt = build_optimizer(params, cfg.optim)
+        if args.per_parameter:
+            from mindspore.experimental.optim import AdamW
+
+            opt = AdamW(params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+        else:
+            opt = build_optimizer(params, cfg.optim)
         grads = tuple(
             ms.Tensor(rng.standard_normal(p.shape).astype(np.float32) * 1e-3) for p in params
         )
 
-        if args.flat:
-            update = flat_adamw(params, cfg.optim)
-        else:
-
-            @ms.jit
-            def update(*g: ms.Tensor) -> ms.Tensor:
-                opt(g)
-                return g[0].sum()
+        @ms.jit
+        def update(*g: ms.Tensor) -> ms.Tensor:
+            opt(g)
+            return g[0].sum()
 
         for _ in range(args.calls + 1):
             c0 = time.process_time()
@@ -135,7 +102,8 @@ def main() -> int:
             times.append(time.process_time() - c0)
     rest = times[1:]
     print(
-        f"{args.backend} AdamW over {args.network}: {len(params)} parameter tensors, "
+        f"{args.backend} {type(opt).__name__} over {args.network}: {len(params)} parameter "
+        "tensors, "
         f"{sum(int(np.prod(p.shape)) for p in params)} values; first call {times[0]:.2f} CPU s; "
         f"update CPU ms median {statistics.median(rest) * 1e3:.1f} "
         f"(min {min(rest) * 1e3:.1f}, n={len(rest)}); load {os.getloadavg()[0]:.2f}",
