@@ -26,15 +26,16 @@ around 1e-7 then move up to ``lr`` less per step than in PyTorch (figures in
 operation for operation (:class:`AdamL2` on the experimental AdamW, :class:`FlatAdamW` with
 ``l2``).
 
-**Why flat.** The experimental AdamW maps its update over the parameters one by one: about 20
-kernel launches per parameter tensor (``Mul``, ``Assign``, ``TensorMove``...), 5000 for a
-``dnanet_xs`` student, each costing MindSpore's CPU runtime about 20 us whatever its size
-(``docs/speed.md``, section 2). :class:`FlatAdamW` runs the same elementwise formula, operation
-for operation, once on the concatenated parameters and gradients with two flat moment
-buffers, then slices and assigns the result back: about 3 launches per parameter. The values
-are the experimental AdamW's bit for bit (``tests/test_train.py``). Its state file holds the
-two flat buffers (``flat.exp_avg``, ``flat.exp_avg_sq``); :func:`load_optimizer` still reads a
-per-parameter AdamW state (``exp_avg.<name>``...) of an earlier run, packing it.
+**Why flat.** The experimental AdamW maps its update over the parameters one by one: about
+20 kernel launches per parameter tensor (``Mul``, ``Assign``, ``TensorMove``...), 5000 for a
+``dnanet_xs`` student, each with a fixed cost in MindSpore's CPU runtime. :class:`FlatAdamW`
+runs the same elementwise formula, operation for operation, once on the concatenated
+parameters and gradients with two flat moment buffers, then slices and assigns the result
+back: about 3 launches per parameter. The values are the experimental AdamW's bit for bit
+(``tests/test_train.py``); the update alone is about 3x faster, a student's train step about
+10% (``docs/speed.md``, section 2). Its state file holds the two flat buffers
+(``flat.exp_avg``, ``flat.exp_avg_sq``); :func:`load_optimizer` still reads a per-parameter
+AdamW state (``exp_avg.<name>``...) of an earlier run, packing it.
 ``tests/test_train.py`` checks it (and prints the drift): three steps of a
 ``dnanet_xxs`` alone from the same weights on the same batch give bit-identical losses with
 SGD, AdamW and Adam; SGD's parameters agree within float32 rounding; Adam(W)'s within a small
