@@ -24,7 +24,13 @@ around 1e-7 then move up to ``lr`` less per step than in PyTorch (figures in
 ``docs/mindspore-notes.md``). ``adam`` therefore runs AdamW with no decoupled decay (its
 ``p *= 1 - lr * 0`` is exact) after adding ``wd * p`` to the gradient, which is PyTorch's Adam
 operation for operation (:class:`AdamL2` on the experimental AdamW, :class:`FlatAdamW` with
-``l2``).
+``l2``). ``tests/test_train.py`` checks it (and prints the drift): three steps of a
+``dnanet_xxs`` alone from the same weights on the same batch give bit-identical losses with
+SGD, AdamW and Adam; SGD's parameters agree within float32 rounding; Adam(W)'s within a small
+fraction of ``lr``. Adam normalises each gradient element by its own size, so an element
+whose gradient is rounding noise in both frameworks moves by up to ``lr`` per step either
+way: the biases of convolutions that feed a BatchNorm (their exact gradient is zero) are the
+extreme case and are compared against that bound.
 
 **Why flat.** The experimental AdamW maps its update over the parameters one by one: about
 20 kernel launches per parameter tensor (``Mul``, ``Assign``, ``TensorMove``...), 5000 for a
@@ -36,13 +42,6 @@ back: about 3 launches per parameter. The values are the experimental AdamW's bi
 10% (``docs/speed.md``, section 2). Its state file holds the two flat buffers
 (``flat.exp_avg``, ``flat.exp_avg_sq``); :func:`load_optimizer` still reads a per-parameter
 AdamW state (``exp_avg.<name>``...) of an earlier run, packing it.
-``tests/test_train.py`` checks it (and prints the drift): three steps of a
-``dnanet_xxs`` alone from the same weights on the same batch give bit-identical losses with
-SGD, AdamW and Adam; SGD's parameters agree within float32 rounding; Adam(W)'s within a small
-fraction of ``lr``. Adam normalises each gradient element by its own size, so an element
-whose gradient is rounding noise in both frameworks moves by up to ``lr`` per step either
-way: the biases of convolutions that feed a BatchNorm (their exact gradient is zero) are the
-extreme case and are compared against that bound.
 
 Learning rate per step (:func:`set_lr`)
 =======================================
@@ -108,6 +107,9 @@ OPTIMIZERS: tuple[str, ...] = ("adamw", "adam", "sgd")
 
 class AdamL2(optim.AdamW):
     """PyTorch's ``Adam`` (L2 weight decay on the gradient) on top of the experimental AdamW.
+
+    The per-parameter form of :class:`FlatAdamW` with ``l2``, which :func:`build_optimizer`
+    gives for ``adam``; kept as its reference (``tests/test_train.py``).
 
     Args:
         params: Parameters to optimize.
